@@ -181,11 +181,12 @@ def _build(cls: type, data: Any, where: str) -> Any:
     values = {}
     for name in names:
         if name in data:
-            values[name] = _convert(hints[name], data[name], f"{where}{name}")
+            values[name] = convert_value(hints[name], data[name], f"{where}{name}")
     return cls(**values)
 
 
-def _convert(hint: Any, value: Any, where: str) -> Any:
+def convert_value(hint: Any, value: Any, where: str) -> Any:
+    """Check ``value`` against the type ``hint`` (int, float, bool, str, list, dict, Literal, Optional)."""
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, f"{where}.")
     origin = typing.get_origin(hint)
@@ -198,7 +199,7 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
         if value is None and type(None) in args:
             return None
         (inner,) = [a for a in args if a is not type(None)]
-        return _convert(inner, value, where)
+        return convert_value(inner, value, where)
     if origin is dict:
         if not isinstance(value, dict):
             raise UserError(f"{where} must be a mapping, got {value!r}")
@@ -254,7 +255,8 @@ def _check_values(config: RunConfig) -> None:
         raise UserError(f"model.last_stride must be 1 or 2, got {config.model.last_stride}")
     if config.data.evaluate_on == "val" and config.data.val_identities <= 0:
         raise UserError(
-            f"data.val_identities must be positive when data.evaluate_on is val, got {config.data.val_identities}"
+            "data.val_identities must be positive when data.evaluate_on is val, "
+            f"got {config.data.val_identities}"
         )
     if "name" not in config.schedule:
         raise UserError("schedule section needs a name, e.g. schedule: {name: incremental_rollback}")

@@ -1,0 +1,265 @@
+"""The schedule model: periods with boundary actions and learning rates, expanded to a per-epoch plan.
+
+A schedule never touches a model. It is data (its parameters) plus a pure
+``build()`` method, which returns the periods; ``plan()`` turns the periods into one ``EpochPlan`` per
+epoch, which is all the trainer reads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from study.errors import UserError, closest
+
+BLOCKS = ("B1", "B2", "B3", "B4", "B5")
+GROUPS = (*BLOCKS, "head")
+
+
+class ScheduleError(UserError):
+    """A schedule or period built with invalid values."""
+
+
+def require_positive(**values: float) -> None:
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+            raise ScheduleError(f"requires positive {name}, got {name}={value!r}")
+
+
+# ----------------------------------------------------------------------------- resets
+
+
+@dataclass(frozen=True)
+class Reset:
+    """What happens to one group's weights at the start of a period.
+
+    ``pretrained`` restores parameters and BatchNorm buffers from the snapshot
+    taken before training (the ImageNet weights; the head's initial weights);
+    ``random`` re-initialises the group as a freshly built model would;
+    ``shrink_perturb`` sets θ ← shrink·θ + perturb·θ_random.
+    """
+
+    kind: str
+    shrink: float = 1.0
+    perturb: float = 0.0
+
+    KINDS = ("pretrained", "random", "shrink_perturb")
+
+    def __post_init__(self) -> None:
+        if self.kind not in self.KINDS:
+            raise ScheduleError(f"unknown reset {self.kind!r}; valid: {', '.join(self.KINDS)}")
+        if self.kind == "shrink_perturb" and not (self.shrink >= 0 and self.perturb >= 0):
+            raise ScheduleError(
+                f"shrink_perturb needs shrink >= 0 and perturb >= 0, got {self.shrink}, {self.perturb}"
+            )
+
+
+PRETRAINED = Reset("pretrained")
+RANDOM = Reset("random")
+
+
+def shrink_perturb(shrink: float, perturb: float) -> Reset:
+    """θ ← shrink·θ + perturb·θ_random (Ash & Adams, 2020)."""
+    return Reset("shrink_perturb", shrink, perturb)
+
+
+# ----------------------------------------------------------------------------- decays
+
+
+@dataclass(frozen=True)
+class StepDecay:
+    """LR factor gamma ** (epoch // every) inside a period (torch StepLR)."""
+
+    every: int = 20
+    gamma: float = 0.1
+
+    def __post_init__(self) -> None:
+        require_positive(every=self.every, gamma=self.gamma)
+
+    def factor(self, epoch: int, epochs: int) -> float:
+        return self.gamma ** (epoch // self.every)
+
+
+@dataclass(frozen=True)
+class CosineDecay:
+    """LR factor from 1 down to ``floor`` along a half cosine over the period (SGDR)."""
+
+    floor: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.floor <= 1:
+            raise ScheduleError(f"cosine floor must be in [0, 1], got floor={self.floor}")
+
+    def factor(self, epoch: int, epochs: int) -> float:
+        return self.floor + (1 - self.floor) * 0.5 * (1 + math.cos(math.pi * epoch / epochs))
+
+
+@dataclass(frozen=True)
+class ConstantDecay:
+    def factor(self, epoch: int, epochs: int) -> float:
+        return 1.0
+
+
+Decay = StepDecay | CosineDecay | ConstantDecay
+
+
+# ----------------------------------------------------------------------------- periods
+
+
+@dataclass(frozen=True)
+class Period:
+    """One training period.
+
+    ``lr`` gives the starting learning rate of every group (B1..B5, head);
+    ``resets`` the groups reset at the period's start; ``frozen`` the groups
+    that do not train during it (no gradient, BatchNorm in eval mode);
+    ``reset_optimizer`` starts a new optimizer (momentum buffers at zero).
+    """
+
+    epochs: int
+    lr: Mapping[str, float]
+    resets: Mapping[str, Reset] = field(default_factory=dict)
+    frozen: frozenset[str] = frozenset()
+    decay: Decay = StepDecay()
+    reset_optimizer: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs <= 0:
+            raise ScheduleError(
+                f"a period needs a positive whole number of epochs, got epochs={self.epochs!r}"
+            )
+        missing = [g for g in GROUPS if g not in self.lr]
+        if missing:
+            raise ScheduleError(
+                f"period lr is missing groups {missing}; every one of {list(GROUPS)} needs one"
+            )
+        for group, value in self.lr.items():
+            _check_group(group)
+            if not (isinstance(value, int | float) and value > 0 and math.isfinite(value)):
+                raise ScheduleError(f"learning rate of {group} must be positive, got {value!r}")
+        for group, reset in self.resets.items():
+            _check_group(group)
+            if not isinstance(reset, Reset):
+                raise ScheduleError(f"reset of {group} must be a Reset, got {reset!r}")
+        for group in self.frozen:
+            _check_group(group)
+        object.__setattr__(self, "frozen", frozenset(self.frozen))
+
+    def lr_at(self, group: str, epoch: int) -> float:
+        """Learning rate of ``group`` at 0-based ``epoch`` inside this period (0 when frozen)."""
+        if group in self.frozen:
+            return 0.0
+        return self.lr[group] * self.decay.factor(epoch, self.epochs)
+
+
+@dataclass(frozen=True)
+class EpochPlan:
+    """Everything the trainer needs to know about one epoch."""
+
+    epoch: int  # from 1
+    period: int  # from 1
+    epoch_in_period: int  # from 1
+    lr: dict[str, float]
+    frozen: frozenset[str]
+    resets: dict[str, Reset]  # non-empty only on the first epoch of a period
+    reset_optimizer: bool  # True only on the first epoch of a period that asks for it
+    last_in_period: bool
+
+    @property
+    def first_in_period(self) -> bool:
+        return self.epoch_in_period == 1
+
+
+# ----------------------------------------------------------------------------- schedules
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Base class of every schedule: a frozen dataclass of parameters plus ``build()``.
+
+    Subclass it, declare the parameters as dataclass fields with defaults,
+    validate them in ``validate()``, and return the periods from ``build()``::
+
+        @register("two_phase")
+        @dataclass(frozen=True)
+        class TwoPhase(Schedule):
+            epochs: int = 10
+
+            def build(self):
+                lr = uniform_lr(0.01, head=0.1)
+                return [Period(self.epochs, lr), Period(self.epochs, lr, resets={"B5": PRETRAINED})]
+    """
+
+    name = "schedule"
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.name = cls.__name__  # @register replaces it with the registered name
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ScheduleError for parameter values that make no sense."""
+
+    def build(self) -> list[Period]:
+        """The periods, in order. Pure: depends on the parameters only."""
+        raise NotImplementedError
+
+    def params(self) -> dict[str, object]:
+        """The schedule's parameters as a plain dict (what configs hold and W&B logs)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def plan(self) -> list[EpochPlan]:
+        """Expand the periods into one EpochPlan per epoch."""
+        periods = self.build()
+        if not periods:
+            raise ScheduleError(f"schedule {self.name!r} has no periods")
+        rows, epoch = [], 0
+        for number, period in enumerate(periods, start=1):
+            for inside in range(period.epochs):
+                epoch += 1
+                first = inside == 0
+                rows.append(
+                    EpochPlan(
+                        epoch=epoch,
+                        period=number,
+                        epoch_in_period=inside + 1,
+                        lr={g: period.lr_at(g, inside) for g in GROUPS},
+                        frozen=period.frozen,
+                        resets=dict(period.resets) if first else {},
+                        reset_optimizer=first and (period.reset_optimizer or number == 1),
+                        last_in_period=inside == period.epochs - 1,
+                    )
+                )
+        return rows
+
+    @property
+    def total_epochs(self) -> int:
+        return sum(p.epochs for p in self.build())
+
+
+def uniform_lr(backbone: float, head: float) -> dict[str, float]:
+    """Every block at ``backbone``, the head at ``head``."""
+    return {**{b: backbone for b in BLOCKS}, "head": head}
+
+
+def _check_group(group: str) -> None:
+    if group not in GROUPS:
+        raise ScheduleError(f"unknown block {group!r}{closest(group, GROUPS)}; valid: {', '.join(GROUPS)}")
+
+
+def check_blocks(names: object, what: str) -> tuple[str, ...]:
+    """Validate a list of block names (B1..B5) given as a schedule parameter."""
+    if not isinstance(names, list | tuple):
+        raise ScheduleError(f"{what} must be a list of blocks, got {names!r}")
+    for name in names:
+        if name not in BLOCKS:
+            raise ScheduleError(
+                f"{what} names unknown block {name!r}{closest(str(name), BLOCKS)}; valid: {', '.join(BLOCKS)}"
+            )
+    if len(set(names)) != len(names):
+        raise ScheduleError(f"{what} names a block twice: {list(names)}")
+    return tuple(names)
