@@ -1,0 +1,73 @@
+"""``python -m study.plan CONFIG.yaml [--set k=v ...] [--csv FILE]``: the per-epoch plan of a schedule."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from schedules import GROUPS, Schedule, build_schedule
+from study.config import load_config
+from study.errors import cli
+from study.files import atomic_write_csv
+
+COLUMNS = ["epoch", "period", "group", "lr", "frozen", "reset"]
+
+
+def plan_rows(schedule: Schedule) -> list[dict[str, Any]]:
+    """One row per epoch and group: epoch and period from 1, lr, frozen (0/1), reset kind or 'none'.
+
+    >>> plan_rows(build_schedule({"name": "finetune", "epochs": 1}))[0]
+    {'epoch': 1, 'period': 1, 'group': 'B1', 'lr': 0.01, 'frozen': 0, 'reset': 'none'}
+    """
+    rows = []
+    for step in schedule.plan():
+        for group in GROUPS:
+            reset = step.resets.get(group)
+            rows.append(
+                {
+                    "epoch": step.epoch,
+                    "period": step.period,
+                    "group": group,
+                    "lr": float(f"{step.lr[group]:.10g}"),
+                    "frozen": int(group in step.frozen),
+                    "reset": reset.kind if reset else "none",
+                }
+            )
+    return rows
+
+
+def format_plan(schedule: Schedule) -> str:
+    """A readable table: one line per epoch, the LR of every group, frozen groups and resets."""
+    header = f"{'epoch':>5} {'period':>6} " + " ".join(f"{g:>8}" for g in GROUPS) + "  boundary"
+    lines = [f"schedule {schedule.name}: {schedule.params()}", header]
+    for step in schedule.plan():
+        rates = " ".join("  frozen" if g in step.frozen else f"{step.lr[g]:>8.2g}" for g in GROUPS)
+        notes = [f"{g}:{r.kind}" for g, r in step.resets.items()]
+        if step.first_in_period and step.reset_optimizer:
+            notes.append("new optimizer")
+        lines.append(f"{step.epoch:>5} {step.period:>6} {rates}  {' '.join(notes)}".rstrip())
+    return "\n".join(lines)
+
+
+@cli
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m study.plan", description=__doc__)
+    parser.add_argument("config", help="run config YAML")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override, e.g. schedule.period_epochs=2",
+    )
+    parser.add_argument("--csv", help="also write the plan as CSV (one row per epoch and group)")
+    args = parser.parse_args(argv)
+    schedule = build_schedule(load_config(args.config, args.set).schedule)
+    print(format_plan(schedule))
+    if args.csv:
+        atomic_write_csv(args.csv, plan_rows(schedule), COLUMNS)
+        print(f"wrote {args.csv}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,441 @@
+"""The shared trainer: executes any schedule's plan, epoch by epoch, as Algorithm 1 of the paper.
+
+At the start of a period: apply its resets (roll back to pre-trained, re-initialise,
+shrink-and-perturb) and, if it asks, start a new optimizer. Every epoch: freeze what
+the period freezes, set each group's learning rate from the plan, train, evaluate
+when due, log, checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import yaml
+from torch import nn
+
+from schedules import GROUPS, EpochPlan, Reset, build_schedule
+from study.config import RunConfig, config_from_dict
+from study.data import ImageSet, ReIDData, load_data, normalize, random_hflip
+from study.errors import UserError
+from study.files import atomic_torch_save, atomic_write_csv, atomic_write_json, atomic_write_text
+from study.models import ReIDNet, build_model, group_state, snapshot
+
+EpochCallback = Callable[[dict[str, Any], Path | None], None]
+
+
+class Diverged(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+def train_run(
+    config: RunConfig, out_dir: str | Path, *, resume: bool = False, on_epoch: EpochCallback | None = None
+) -> dict[str, Any]:
+    """Train one run of ``config`` into ``out_dir`` and return its summary.
+
+    Writes ``metrics.csv`` (one row per epoch), ``summary.json``, ``config.yaml``
+    and ``checkpoints/epoch-NNNN.pt`` (every period end; the latest mid-period one
+    when ``train.checkpoint_every`` is set). ``on_epoch(record, checkpoint)`` is
+    called after every epoch (sweeps report to Ray Tune from there).
+
+    >>> summary = train_run(load_config("search_spaces/demo.yaml"), "runs/demo-single")
+    """
+    out_dir = Path(out_dir)
+    plan = build_schedule(config.schedule).plan()
+    checkpoint = _prepare_out_dir(out_dir, config, resume)
+    device = _device(config.train.device)
+    data = load_data(config.data)
+    if len(data.train.images) < config.train.batch_size:
+        raise UserError(
+            f"the training set has {len(data.train.images)} images, fewer than "
+            f"train.batch_size={config.train.batch_size}"
+        )
+
+    _seed_everything(config.train.seed)
+    model = build_model(config.model, data.num_classes)
+    initial = snapshot(model)  # the pre-trained blocks and the initial head, restored bit for bit
+    model.to(device)
+    if device.type == "cuda" and config.train.channels_last:
+        model.to(memory_format=torch.channels_last)
+    forward = torch.compile(model) if config.train.compile else model
+    optimizer: torch.optim.Optimizer | None = None
+    history: list[dict[str, Any]] = []
+
+    if checkpoint is not None:
+        optimizer, history = _restore(checkpoint, model, config, device)
+    batches = TrainBatches(data.train, config.train.batch_size, config.train.seed, device)
+    autocast = _autocast(device, config.train.precision)
+
+    for step in plan[len(history) :]:
+        if step.first_in_period:
+            apply_resets(model, step.resets, initial, config, data.num_classes, step.period)
+            if step.reset_optimizer or optimizer is None:
+                optimizer = make_optimizer(model, config)
+        set_frozen(model, step.frozen)
+        set_learning_rates(optimizer, step.lr)
+
+        record = {"epoch": step.epoch, "period": step.period}
+        record |= train_epoch(forward, model, optimizer, batches.epoch(step), autocast, step, config)
+        if _evaluation_due(step, config, len(plan)):
+            record |= evaluate_model(model, data, config, device)
+        history.append(record)
+        atomic_write_csv(out_dir / "metrics.csv", history)
+
+        saved = None
+        if _checkpoint_due(step, config):
+            saved = save_checkpoint(out_dir, model, optimizer, config, history, step)
+        if on_epoch is not None:
+            on_epoch(record, saved)
+
+    summary = summarize(history, config)
+    atomic_write_json(out_dir / "summary.json", summary)
+    return summary
+
+
+# ----------------------------------------------------------------------------- boundaries
+
+
+def apply_resets(
+    model: ReIDNet,
+    resets: dict[str, Reset],
+    initial: dict[str, torch.Tensor],
+    config: RunConfig,
+    num_classes: int,
+    period: int,
+) -> None:
+    """Reset groups at a period boundary: restore the snapshot, re-initialise, or shrink and perturb."""
+    if not resets:
+        return
+    fresh = None
+    if any(reset.kind != "pretrained" for reset in resets.values()):
+        fresh = _fresh_random_state(config, num_classes, seed=config.train.seed * 1000 + period)
+    groups = model.groups()
+    with torch.no_grad():
+        for group, reset in resets.items():
+            current = groups[group].state_dict()
+            if reset.kind == "pretrained":
+                target = group_state(initial, group)
+            elif reset.kind == "random":
+                target = group_state(fresh, group)
+            else:
+                random_state = group_state(fresh, group)
+                target = {
+                    name: reset.shrink * value + reset.perturb * random_state[name].to(value.device)
+                    if value.is_floating_point()
+                    else value
+                    for name, value in current.items()
+                }
+            for name, value in current.items():
+                value.copy_(target[name])
+
+
+def _fresh_random_state(config: RunConfig, num_classes: int, seed: int) -> dict[str, torch.Tensor]:
+    # A freshly built model gives each group torchvision's own initialisation.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        fresh = build_model(dataclasses.replace(config.model, weights="none"), num_classes)
+    return fresh.state_dict()
+
+
+def make_optimizer(model: ReIDNet, config: RunConfig) -> torch.optim.SGD:
+    """SGD with one parameter group per block and one for the head, named after them."""
+    train = config.train
+    param_groups = [
+        {"name": name, "params": list(module.parameters()), "lr": 0.0}
+        for name, module in model.groups().items()
+    ]
+    return torch.optim.SGD(
+        param_groups,
+        lr=0.0,
+        momentum=train.momentum,
+        nesterov=train.nesterov and train.momentum > 0,
+        weight_decay=train.weight_decay,
+    )
+
+
+def set_frozen(model: ReIDNet, frozen: frozenset[str]) -> None:
+    """Frozen groups get no gradient and keep their BatchNorm statistics (eval mode)."""
+    model.train()
+    for name, module in model.groups().items():
+        module.requires_grad_(name not in frozen)
+        if name in frozen:
+            module.eval()
+
+
+def set_learning_rates(optimizer: torch.optim.Optimizer, rates: dict[str, float]) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = rates[group["name"]]
+
+
+# ----------------------------------------------------------------------------- one epoch
+
+
+class TrainBatches:
+    """Shuffled, flipped, normalised batches from the decoded uint8 image cache.
+
+    The order and flips of an epoch depend only on (seed, epoch), so a resumed
+    run sees exactly the batches an uninterrupted one would.
+    """
+
+    def __init__(self, train: ImageSet, batch_size: int, seed: int, device: torch.device):
+        self.images = train.images.to(device)
+        self.labels = train.labels.to(device)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.device = device
+
+    def __len__(self) -> int:
+        return len(self.images) // self.batch_size
+
+    def epoch(self, step: EpochPlan) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + step.epoch)
+        order = torch.randperm(len(self.images), generator=generator).to(self.device)
+        channels_last = self.device.type == "cuda"
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            index = order[start : start + self.batch_size]
+            images = normalize(random_hflip(self.images[index], generator))
+            if channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            yield images, self.labels[index]
+
+
+def train_epoch(
+    forward: nn.Module,
+    model: ReIDNet,
+    optimizer: torch.optim.Optimizer,
+    batches: Iterator,
+    autocast: Callable,
+    step: EpochPlan,
+    config: RunConfig,
+) -> dict[str, Any]:
+    """One pass over the training set; returns loss, accuracy, learning rates and gradient norms."""
+    group_params = [[p for p in module.parameters()] for module in model.groups().values()]
+    device = next(model.parameters()).device
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    grad_norm_sum = torch.zeros(len(GROUPS), device=device)
+    seen = steps = 0
+    started = time.perf_counter()
+    progress = _progress(batches, step, config)
+    for images, labels in progress:
+        with autocast():
+            logits = forward(images)
+            loss = F.cross_entropy(logits.float(), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm_sum += _group_grad_norms(group_params, device)
+        optimizer.step()
+        loss_sum += loss.detach() * len(labels)
+        correct += (logits.detach().argmax(dim=1) == labels).sum()
+        seen += len(labels)
+        steps += 1
+    seconds = time.perf_counter() - started
+    loss_value = loss_sum.item() / seen  # the one host sync of the epoch
+    if not math.isfinite(loss_value):
+        raise Diverged(f"training loss became {loss_value} in epoch {step.epoch}")
+    record: dict[str, Any] = {"loss": loss_value, "accuracy": correct.item() / seen}
+    record |= {f"lr_{g}": step.lr[g] for g in GROUPS}
+    norms = (grad_norm_sum / steps).tolist()
+    record |= {f"grad_norm_{g}": norm for g, norm in zip(GROUPS, norms, strict=True)}
+    record |= {"seconds": seconds, "images_per_second": seen / seconds}
+    return record
+
+
+def _group_grad_norms(group_params: list[list[torch.Tensor]], device: torch.device) -> torch.Tensor:
+    norms = []
+    for params in group_params:
+        grads = [p.grad for p in params if p.grad is not None]
+        if grads:
+            norms.append(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))).float())
+        else:
+            norms.append(torch.zeros((), device=device))
+    return torch.stack(norms)
+
+
+def _progress(batches: Iterator, step: EpochPlan, config: RunConfig) -> Iterator:
+    if not config.train.progress:
+        return batches
+    from tqdm import tqdm
+
+    return tqdm(batches, desc=f"epoch {step.epoch} (period {step.period})", leave=False, unit="batch")
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def evaluate_model(
+    model: ReIDNet, data: ReIDData, config: RunConfig, device: torch.device
+) -> dict[str, float]:
+    """mAP, CMC and mINP on the validation split (``val_*``) or the test set (``test_*``)."""
+    from study.evaluate import evaluate
+
+    metrics = evaluate(
+        model,
+        data.query,
+        data.gallery,
+        flip=config.train.flip_test,
+        distance=config.train.distance,
+        batch_size=config.train.eval_batch_size,
+        device=device,
+        dtype=_amp_dtype(device, config.train.precision),
+    )
+    prefix = config.data.evaluate_on
+    return {f"{prefix}_{k}": metrics[k] for k in ("mAP", "rank1", "rank5", "rank10", "mINP")}
+
+
+def _evaluation_due(step: EpochPlan, config: RunConfig, total: int) -> bool:
+    every = config.train.eval_every
+    return step.last_in_period or step.epoch == total or (every > 0 and step.epoch % every == 0)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def _checkpoint_due(step: EpochPlan, config: RunConfig) -> bool:
+    every = config.train.checkpoint_every
+    return step.last_in_period or (every > 0 and step.epoch_in_period % every == 0)
+
+
+def save_checkpoint(
+    out_dir: Path,
+    model: ReIDNet,
+    optimizer: torch.optim.Optimizer,
+    config: RunConfig,
+    history: list[dict[str, Any]],
+    step: EpochPlan,
+) -> Path:
+    """Write ``checkpoints/epoch-NNNN.pt`` at period ends; inside periods only the newest ``-mid`` one."""
+    folder = out_dir / "checkpoints"
+    name = f"epoch-{step.epoch:04d}" + ("" if step.last_in_period else "-mid")
+    path = folder / f"{name}.pt"
+    state = {
+        "format": 1,
+        "epoch": step.epoch,
+        "period": step.period,
+        "config": config.to_dict(),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "history": history,
+        "torch_rng": torch.get_rng_state(),
+    }
+    atomic_torch_save(state, path)
+    for old in folder.glob("epoch-*-mid.pt"):
+        if old != path:
+            old.unlink(missing_ok=True)
+    return path
+
+
+def latest_checkpoint(folder: Path) -> dict[str, Any] | None:
+    """The newest readable checkpoint in ``folder``; a truncated or corrupt one is skipped."""
+    newest_first = sorted(folder.glob("epoch-*.pt"), key=lambda p: int(p.stem[6:10]), reverse=True)
+    for path in newest_first:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:
+            print(f"warning: skipping unreadable checkpoint {path} ({type(error).__name__})")
+    return None
+
+
+def _restore(
+    checkpoint: dict[str, Any], model: ReIDNet, config: RunConfig, device: torch.device
+) -> tuple[torch.optim.Optimizer, list[dict[str, Any]]]:
+    model.load_state_dict(checkpoint["model"])
+    optimizer = make_optimizer(model, config)
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    torch.set_rng_state(checkpoint["torch_rng"])  # dropout continues as if never interrupted
+    print(f"resuming after epoch {checkpoint['epoch']}")
+    return optimizer, list(checkpoint["history"])
+
+
+# ----------------------------------------------------------------------------- run folder
+
+
+def _prepare_out_dir(out_dir: Path, config: RunConfig, resume: bool) -> dict[str, Any] | None:
+    """Refuse to overwrite another run; on resume, return the checkpoint to continue from."""
+    saved_config = out_dir / "config.yaml"
+    holds_run = saved_config.exists() or (out_dir / "metrics.csv").exists()
+    if holds_run and not resume:
+        raise UserError(
+            f"{out_dir} already holds a run; pass --resume to continue it or choose another --out"
+        )
+    checkpoint = None
+    if resume and holds_run:
+        checkpoint = latest_checkpoint(out_dir / "checkpoints")
+        if checkpoint is not None and not _same_run(checkpoint["config"], config):
+            raise UserError(f"{out_dir} holds a run with a different config; choose another --out")
+        if checkpoint is None:
+            print(f"no checkpoint in {out_dir}/checkpoints yet; starting from the beginning")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(saved_config, yaml.safe_dump(config.to_dict(), sort_keys=False))
+    return checkpoint
+
+
+def _same_run(saved: dict[str, Any], config: RunConfig) -> bool:
+    ignored = ("progress", "device", "eval_batch_size")
+    a = config_from_dict(saved).to_dict()
+    b = config.to_dict()
+    for d in (a, b):
+        for key in ignored:
+            d["train"].pop(key, None)
+    return a == b
+
+
+def summarize(history: list[dict[str, Any]], config: RunConfig) -> dict[str, Any]:
+    """Best and final metrics of a run."""
+    prefix = config.data.evaluate_on
+    key = f"{prefix}_mAP"
+    evaluated = [r for r in history if r.get(key) is not None]
+    best = max(evaluated, key=lambda r: r[key]) if evaluated else {}
+    final = evaluated[-1] if evaluated else {}
+    return {
+        "status": "finished",
+        "schedule": config.schedule["name"],
+        "epochs": len(history),
+        f"best_{key}": best.get(key),
+        "best_epoch": best.get("epoch"),
+        f"best_{prefix}_rank1": best.get(f"{prefix}_rank1"),
+        f"final_{key}": final.get(key),
+        f"final_{prefix}_rank1": final.get(f"{prefix}_rank1"),
+        "final_loss": history[-1]["loss"] if history else None,
+        "train_seconds": sum(r["seconds"] for r in history),
+        "config": config.to_dict(),
+    }
+
+
+# ----------------------------------------------------------------------------- devices
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"train.device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"train.device={name} but CUDA is not available here; use train.device=auto or cpu")
+    return device
+
+
+def _amp_dtype(device: torch.device, precision: str) -> torch.dtype | None:
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+def _autocast(device: torch.device, precision: str) -> Callable:
+    dtype = _amp_dtype(device, precision)
+    if dtype is None:
+        return nullcontext
+    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
