@@ -130,9 +130,14 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+# A search space file is a run config plus these sections, which only study.sweep reads.
+SWEEP_SECTIONS = ("search", "tune")
+
+
 def config_from_dict(data: dict[str, Any], overrides: list[str] = ()) -> RunConfig:
     """Build a validated RunConfig from a plain dict (as Tune samples and W&B logs it)."""
     data = apply_overrides(data, overrides)
+    data = {k: v for k, v in data.items() if k not in SWEEP_SECTIONS}
     config = _build(RunConfig, data, "")
     _check_values(config)
     return config

@@ -1,0 +1,37 @@
+"""Shared fixtures: a tiny synthetic data set and run configs small enough for CPU tests."""
+
+from __future__ import annotations
+
+import pytest
+
+from study.config import RunConfig, config_from_dict
+
+
+@pytest.fixture(scope="session")
+def synthetic_dir(tmp_path_factory) -> str:
+    """Where the tiny synthetic data set is generated once per test session."""
+    return str(tmp_path_factory.mktemp("synthetic"))
+
+
+@pytest.fixture
+def tiny_config(synthetic_dir):
+    """Build a RunConfig for a tiny, fast run; keyword sections override the defaults."""
+
+    def make(schedule: dict, **sections: dict) -> RunConfig:
+        base = {
+            "model": {"backbone": "mobilenet_v2", "weights": "packaged"},
+            "data": {
+                "root": "synthetic",
+                "synthetic_dir": synthetic_dir,
+                "synthetic": {"identities": 32, "cameras": 3, "seed": 0},
+                "height": 64,
+                "width": 32,
+                "val_identities": 6,
+            },
+            "train": {"batch_size": 16, "progress": False, "eval_batch_size": 64},
+        }
+        for name, values in sections.items():
+            base[name] = {**base.get(name, {}), **values}
+        return config_from_dict({**base, "schedule": schedule})
+
+    return make

@@ -1,0 +1,196 @@
+"""The shared trainer executes schedules exactly: rollbacks, momentum resets, frozen blocks, resume."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+import study.trainer as trainer
+from schedules import BLOCKS, GROUPS, registered
+from study.models import group_state
+
+# Short versions of every registered schedule; a new schedule without an entry fails the test below.
+SHORT = {
+    "finetune": {"epochs": 2},
+    "incremental_rollback": {"period_epochs": 1, "periods": 3},
+    "base_cy": {"period_epochs": 1, "periods": 2},
+    "fc_warmup": {"warmup_epochs": 1, "epochs": 1},
+    "block_order": {"retained": [[], ["B3"]], "period_epochs": 1},
+    "later_layer_forgetting": {"period_epochs": 1, "periods": 2, "forget_from": "B4"},
+    "shrink_perturb": {"period_epochs": 1, "periods": 2},
+    "cosine_restarts": {"period_epochs": 1, "periods": 2},
+}
+
+
+class Spy:
+    """Wraps train_epoch to record the model and optimizer as each epoch starts and ends."""
+
+    def __init__(self, monkeypatch):
+        self.starts, self.ends, self.momentum_at_start = [], [], []
+        self.initial = None
+        real_epoch, real_snapshot = trainer.train_epoch, trainer.snapshot
+
+        def snapshot(model):
+            self.initial = real_snapshot(model)
+            return self.initial
+
+        def train_epoch(forward, model, optimizer, batches, autocast, step, config):
+            self.starts.append(_copy(model))
+            self.momentum_at_start.append(
+                [s["momentum_buffer"].clone() for s in optimizer.state.values() if "momentum_buffer" in s]
+            )
+            record = real_epoch(forward, model, optimizer, batches, autocast, step, config)
+            self.ends.append(_copy(model))
+            return record
+
+        monkeypatch.setattr(trainer, "snapshot", snapshot)
+        monkeypatch.setattr(trainer, "train_epoch", train_epoch)
+
+
+def _copy(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _rows(run_dir):
+    with open(run_dir / "metrics.csv") as file:
+        return list(csv.DictReader(file))
+
+
+def _equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_rollback_boundary_restores_pretrained_blocks_bit_for_bit(tiny_config, tmp_path, monkeypatch):
+    spy = Spy(monkeypatch)
+    config = tiny_config({"name": "incremental_rollback", "period_epochs": 1, "periods": 3})
+    trainer.train_run(config, tmp_path / "run")
+    assert len(spy.starts) == 3
+    for period, start in enumerate(spy.starts[1:], start=2):
+        before = spy.ends[period - 2]
+        retained = BLOCKS[: period - 1]
+        for block in BLOCKS:
+            expected = group_state(before if block in retained else spy.initial, block)
+            assert _equal(group_state(start, block), expected), f"period {period}, {block}"
+            # the block really trained in the previous period, so the comparison means something
+            assert not _equal(group_state(before, block), group_state(spy.initial, block))
+        assert _equal(group_state(start, "head"), group_state(before, "head"))
+        # a new optimizer: no momentum carried over (buffers absent or zero)
+        assert all(torch.count_nonzero(m) == 0 for m in spy.momentum_at_start[period - 1])
+    # BatchNorm statistics are part of the restore
+    assert any("running_mean" in k for k in group_state(spy.initial, "B5"))
+
+
+def test_base_cy_keeps_weights_across_boundaries(tiny_config, tmp_path, monkeypatch):
+    spy = Spy(monkeypatch)
+    trainer.train_run(tiny_config({"name": "base_cy", "period_epochs": 1, "periods": 2}), tmp_path / "run")
+    assert _equal(spy.starts[1], spy.ends[0])
+
+
+def test_cosine_restarts_keep_momentum_across_boundaries(tiny_config, tmp_path, monkeypatch):
+    spy = Spy(monkeypatch)
+    trainer.train_run(
+        tiny_config({"name": "cosine_restarts", "period_epochs": 1, "periods": 2}), tmp_path / "run"
+    )
+    assert spy.momentum_at_start[1] and any(torch.count_nonzero(m) > 0 for m in spy.momentum_at_start[1])
+
+
+def test_frozen_blocks_do_not_change_during_an_epoch(tiny_config, tmp_path, monkeypatch):
+    spy = Spy(monkeypatch)
+    trainer.train_run(tiny_config({"name": "fc_warmup", "warmup_epochs": 1, "epochs": 1}), tmp_path / "run")
+    start, end = spy.starts[0], spy.ends[0]
+    for block in BLOCKS:  # parameters and BatchNorm statistics untouched
+        assert _equal(group_state(start, block), group_state(end, block)), block
+    assert not _equal(group_state(start, "head"), group_state(end, "head"))
+    assert not _equal(group_state(spy.starts[1], "B1"), group_state(spy.ends[1], "B1"))
+
+
+def test_random_and_shrink_perturb_resets_change_only_their_blocks(tiny_config, tmp_path, monkeypatch):
+    spy = Spy(monkeypatch)
+    schedule = {"name": "later_layer_forgetting", "period_epochs": 1, "periods": 2, "forget_from": "B5"}
+    trainer.train_run(tiny_config(schedule), tmp_path / "llf")
+    start, before = spy.starts[1], spy.ends[0]
+    assert not _equal(group_state(start, "B5"), group_state(before, "B5"))
+    assert not _equal(group_state(start, "B5"), group_state(spy.initial, "B5"))
+    for block in BLOCKS[:4]:
+        assert _equal(group_state(start, block), group_state(before, block))
+
+    spy = Spy(monkeypatch)
+    schedule = {
+        "name": "shrink_perturb",
+        "period_epochs": 1,
+        "periods": 2,
+        "shrink": 0.5,
+        "perturb": 0.0,
+        "blocks": ["B2"],
+    }
+    trainer.train_run(tiny_config(schedule), tmp_path / "sp")
+    start, before = spy.starts[1], spy.ends[0]
+    weight = "blocks.B2.0.conv.0.0.weight"
+    assert torch.allclose(start[weight], 0.5 * before[weight])
+    assert _equal(group_state(start, "B3"), group_state(before, "B3"))
+
+
+def test_every_registered_schedule_has_a_short_version():
+    assert set(SHORT) >= set(registered()) - {n for n in registered() if ":" in n}
+
+
+@pytest.mark.parametrize("name", sorted(SHORT))
+def test_every_builtin_schedule_trains(name, tiny_config, tmp_path):
+    config = tiny_config({"name": name, **SHORT[name]})
+    summary = trainer.train_run(config, tmp_path / name)
+    rows = _rows(tmp_path / name)
+    assert len(rows) == summary["epochs"] >= 2
+    for row in rows:
+        assert float(row["loss"]) > 0
+        for group in GROUPS:
+            assert f"lr_{group}" in row and f"grad_norm_{group}" in row
+    assert 0 <= summary["best_val_mAP"] <= 1
+    assert json.loads((tmp_path / name / "summary.json").read_text())["schedule"] == name
+    assert list((tmp_path / name / "checkpoints").glob("epoch-*.pt"))
+
+
+def test_metrics_record_per_group_learning_rates_and_gradient_norms(tiny_config, tmp_path):
+    config = tiny_config({"name": "fc_warmup", "warmup_epochs": 1, "epochs": 1})
+    trainer.train_run(config, tmp_path / "run")
+    rows = _rows(tmp_path / "run")
+    warmup, finetune = rows
+    assert float(warmup["lr_B1"]) == 0 and float(warmup["grad_norm_B1"]) == 0
+    assert float(warmup["lr_head"]) == pytest.approx(0.1) and float(warmup["grad_norm_head"]) > 0
+    assert float(finetune["lr_B1"]) == pytest.approx(0.01) and float(finetune["grad_norm_B1"]) > 0
+    assert warmup["val_mAP"] and finetune["val_mAP"]
+
+
+def test_runs_with_a_seed_are_repeatable_and_resume_gives_the_same_result(tiny_config, tmp_path):
+    config = tiny_config(
+        {"name": "incremental_rollback", "period_epochs": 2, "periods": 2}, train={"checkpoint_every": 1}
+    )
+    first = trainer.train_run(config, tmp_path / "a")
+    second = trainer.train_run(config, tmp_path / "b")
+    assert first["final_val_mAP"] == second["final_val_mAP"] and first["final_loss"] == second["final_loss"]
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_epoch_3(record, checkpoint):
+        if record["epoch"] == 3:
+            raise Stop
+
+    with pytest.raises(Stop):
+        trainer.train_run(config, tmp_path / "c", on_epoch=stop_after_epoch_3)
+    resumed = trainer.train_run(config, tmp_path / "c", resume=True)
+    assert resumed["final_loss"] == first["final_loss"]
+    assert resumed["final_val_mAP"] == first["final_val_mAP"]
+    rows = _rows(tmp_path / "c")
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
+
+
+def test_a_run_folder_is_never_overwritten_without_resume(tiny_config, tmp_path):
+    from study.errors import UserError
+
+    config = tiny_config({"name": "finetune", "epochs": 1})
+    trainer.train_run(config, tmp_path / "run")
+    with pytest.raises(UserError, match="already holds a run; pass --resume"):
+        trainer.train_run(config, tmp_path / "run")
