@@ -49,7 +49,8 @@ class DataConfig:
     # "val": hold out val_identities training identities and evaluate on them;
     # "test": train on every training identity and evaluate on query/gallery.
     evaluate_on: Literal["val", "test"] = "val"
-    val_identities: int = 100
+    # Held-out validation identities: a count (>= 1) or a fraction of the training identities (< 1).
+    val_identities: float = 0.15
     split_seed: int = 0
     # Where the decoded uint8 image cache is saved; null keeps it in memory only.
     cache_dir: str | None = None
@@ -181,8 +182,9 @@ def _build(cls: type, data: Any, where: str) -> Any:
     for key in data:
         if key not in names:
             kind = "section" if not where else "key"
-            valid = ", ".join(names)
-            raise UserError(f"unknown config {kind} {where}{key!r}{closest(str(key), names)}; valid: {valid}")
+            full = [f"{where}{name}" for name in names]
+            hint = closest(f"{where}{key}", full)
+            raise UserError(f"unknown config {kind} '{where}{key}'{hint}; valid: {', '.join(full)}")
     values = {}
     for name in names:
         if name in data:
@@ -258,10 +260,11 @@ def _check_values(config: RunConfig) -> None:
         raise UserError(f"model.dropout must be in [0, 1), got {config.model.dropout}")
     if config.model.last_stride not in (1, 2):
         raise UserError(f"model.last_stride must be 1 or 2, got {config.model.last_stride}")
-    if config.data.evaluate_on == "val" and config.data.val_identities <= 0:
+    held_out = config.data.val_identities
+    if config.data.evaluate_on == "val" and (held_out <= 0 or (held_out >= 1 and held_out != int(held_out))):
         raise UserError(
-            "data.val_identities must be positive when data.evaluate_on is val, "
-            f"got {config.data.val_identities}"
+            "data.val_identities must be a whole number of identities or a fraction in (0, 1), "
+            f"got {held_out:g}"
         )
     if "name" not in config.schedule:
         raise UserError("schedule section needs a name, e.g. schedule: {name: incremental_rollback}")

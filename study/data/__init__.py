@@ -1,0 +1,107 @@
+"""Person re-identification data: readers, the validation split, decoded images, a synthetic set.
+
+``load_data(config.data)`` is the entry point for a run; the modules hold the pieces:
+``datasets`` (file lists), ``split`` (validation identities), ``images`` (decoding, cache,
+batch ops), ``synthesize`` (the synthetic data set).
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+
+from study.config import DataConfig
+from study.data.datasets import FORMATS, ReIDDataset, Sample, check_query_gallery, read_dataset
+from study.data.images import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ImageSet,
+    ReIDData,
+    decode_images,
+    normalize,
+    random_hflip,
+)
+from study.data.split import validation_split
+from study.data.synthesize import synthesize, synthetic_name
+from study.errors import UserError
+
+# `python -m study.data.synthesize` runs a module this package has already imported; harmless here,
+# as the module does nothing on import, so runpy's warning about it would only confuse users.
+warnings.filterwarnings("ignore", r"'study\.data\.synthesize' found in sys\.modules", RuntimeWarning)
+
+__all__ = [
+    "FORMATS",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "ImageSet",
+    "ReIDData",
+    "ReIDDataset",
+    "Sample",
+    "decode_images",
+    "load_data",
+    "normalize",
+    "random_hflip",
+    "read_dataset",
+    "synthesize",
+    "synthetic_name",
+    "validation_split",
+]
+
+
+def load_data(config: DataConfig) -> ReIDData:
+    """Read, split and decode the data set of a run.
+
+    ``evaluate_on="val"`` holds out ``val_identities`` training identities as query/gallery;
+    ``"test"`` trains on every training identity and evaluates on the real query/gallery.
+
+    >>> data = load_data(DataConfig(root="synthetic", height=128, width=64, evaluate_on="test"))
+    >>> data.train.images.shape, data.num_classes, len(data.query)
+    (torch.Size([1060, 3, 128, 64]), 60, 240)
+    """
+    root, name = _resolve_root(config)
+    dataset = read_dataset(root, config.format)
+    if config.evaluate_on == "val":
+        held_out = validation_identities(config.val_identities, dataset.train)
+        train, query, gallery = validation_split(dataset.train, held_out, config.split_seed)
+    else:
+        train, query, gallery = dataset.train, dataset.query, dataset.gallery
+        check_query_gallery(query, gallery)
+
+    def image_set(samples: list[Sample]) -> ImageSet:
+        paths = [s.path for s in samples]
+        return ImageSet(
+            images=decode_images(paths, config.height, config.width, config.cache_dir),
+            pids=torch.tensor([s.pid for s in samples], dtype=torch.int64),
+            camids=torch.tensor([s.camid for s in samples], dtype=torch.int64),
+            paths=paths,
+        )
+
+    train_set = image_set(train)
+    classes, train_set.labels = torch.unique(train_set.pids, sorted=True, return_inverse=True)
+    return ReIDData(train_set, len(classes), image_set(query), image_set(gallery), name)
+
+
+def validation_identities(value: float, train: list[Sample]) -> int:
+    """``data.val_identities`` as a count: itself when >= 1, else that fraction of the training identities."""
+    if value >= 1:
+        return int(value)
+    return max(1, round(value * len({s.pid for s in train})))
+
+
+def _resolve_root(config: DataConfig) -> tuple[Path, str]:
+    """The data set folder (generating the synthetic set on first use) and a display name."""
+    if config.root != "synthetic":
+        root = Path(config.root)
+        return root, root.resolve().stem
+    params = config.synthetic
+    name = synthetic_name(params.identities, params.cameras, params.seed)
+    root = Path(config.synthetic_dir) / name
+    if not root.is_dir():
+        try:
+            synthesize(root, params.identities, params.cameras, params.seed)
+        except UserError:
+            if not root.is_dir():  # otherwise another run generated it just now
+                raise
+    return root, f"synthetic-{name}"

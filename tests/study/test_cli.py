@@ -1,0 +1,111 @@
+"""The command-line tools as a user runs them: plan, train, and the README's plug-in example."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from schedules import GROUPS
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def write_config(tmp_path: Path, tiny_config, schedule: dict) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(tiny_config(schedule).to_dict()))
+    return path
+
+
+def test_plan_csv_has_one_row_per_epoch_and_group(tmp_path, tiny_config):
+    config = write_config(tmp_path, tiny_config, {"name": "incremental_rollback"})
+    result = run(
+        "study.plan", str(config), "--set", "schedule.period_epochs=2", "--csv", str(tmp_path / "p.csv")
+    )
+    assert result.returncode == 0, result.stderr
+    with open(tmp_path / "p.csv") as file:
+        rows = list(csv.DictReader(file))
+    assert list(rows[0]) == ["epoch", "period", "group", "lr", "frozen", "reset"]
+    assert len(rows) == 8 * len(GROUPS)
+    by_key = {(int(r["epoch"]), r["group"]): r for r in rows}
+    assert float(by_key[1, "head"]["lr"]) == 0.1 and by_key[1, "B5"]["reset"] == "none"
+    assert float(by_key[3, "B1"]["lr"]) == 0.001 and by_key[3, "B1"]["reset"] == "none"
+    assert by_key[3, "B2"]["reset"] == "pretrained" and by_key[3, "head"]["reset"] == "none"
+    assert by_key[4, "B2"]["reset"] == "none" and by_key[7, "B4"]["reset"] == "pretrained"
+    assert {r["frozen"] for r in rows} == {"0"}
+
+
+def test_plan_marks_frozen_groups(tmp_path, tiny_config):
+    config = write_config(tmp_path, tiny_config, {"name": "fc_warmup", "warmup_epochs": 1, "epochs": 1})
+    result = run("study.plan", str(config), "--csv", str(tmp_path / "p.csv"))
+    assert result.returncode == 0, result.stderr
+    with open(tmp_path / "p.csv") as file:
+        rows = [r for r in csv.DictReader(file) if r["epoch"] == "1"]
+    assert {r["group"]: r["frozen"] for r in rows} == {**dict.fromkeys(GROUPS[:5], "1"), "head": "0"}
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["schedule.name=incremental_rolback"], "unknown schedule 'incremental_rolback' (did you mean"),
+        (
+            ["schedule.name=block_order", "schedule.retained=[[], [B6]]"],
+            "retained[1] names unknown block 'B6'",
+        ),
+        (["schedule.period_epochs=0"], "requires positive period_epochs"),
+        (["schedule.lr=-0.01"], "requires positive lr"),
+        (["train.batch_sise=8"], "unknown config key 'train.batch_sise' (did you mean 'train.batch_size'?)"),
+        (["model.backbone=resnet49"], "unknown backbone 'resnet49'"),
+        (["model.weights=/nonexistent/w.pth"], "model.weights '/nonexistent/w.pth' is not a file"),
+        (["train.batch_size=0"], "train.batch_size must be positive"),
+    ],
+)
+def test_bad_input_gives_one_line_and_exit_status_2(tmp_path, tiny_config, overrides, message):
+    config = write_config(tmp_path, tiny_config, {"name": "incremental_rollback", "period_epochs": 1})
+    args = [a for o in overrides for a in ("--set", o)]
+    result = run("study.train", str(config), "--out", str(tmp_path / "run"), *args)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert message in result.stderr
+    assert not (tmp_path / "run" / "metrics.csv").exists()
+
+
+def test_unreadable_weights_file_is_a_user_error(tmp_path, tiny_config):
+    bad = tmp_path / "weights.pth"
+    bad.write_bytes(b"not a checkpoint")
+    config = write_config(tmp_path, tiny_config, {"name": "finetune", "epochs": 1})
+    result = run("study.train", str(config), "--out", str(tmp_path / "run"), "--set", f"model.weights={bad}")
+    assert result.returncode == 2 and "cannot read weights file" in result.stderr
+
+
+def test_readme_plugin_example_runs_through_study_train(tmp_path, tiny_config):
+    readme = (ROOT / "README.md").read_text()
+    match = re.search(r"<!-- plugin-example: (\S+) -->\n```python\n(.*?)```", readme, re.S)
+    assert match, "README lost its plug-in example"
+    (tmp_path / match.group(1)).write_text(match.group(2))
+    config = write_config(tmp_path, tiny_config, {"name": "my_schedules:TopRollback", "epochs": 1})
+    out = tmp_path / "run"
+    result = run("study.train", str(config), "--out", str(out), env={"PYTHONPATH": str(tmp_path)})
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["schedule"] == "my_schedules:TopRollback" and summary["epochs"] == 2
+    with open(out / "metrics.csv") as file:
+        rows = list(csv.DictReader(file))
+    assert [r["period"] for r in rows] == ["1", "2"] and rows[1]["val_mAP"]
