@@ -205,4 +205,3 @@ def group_state(state: dict[str, torch.Tensor], group: str) -> dict[str, torch.T
     """The entries of a full-model state dict that belong to ``group`` (keys relative to the group)."""
     prefix = "head." if group == "head" else f"blocks.{group}."
     return {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
-

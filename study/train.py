@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from study.config import load_config
 from study.errors import cli
@@ -27,9 +28,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     config = load_config(args.config, args.set)
 
-    from study.trainer import train_run  # after validation: importing torch takes a moment
+    from study.trainer import Diverged, train_run  # after validation: importing torch takes a moment
 
-    summary = train_run(config, args.out, resume=args.resume)
+    try:
+        summary = train_run(config, args.out, resume=args.resume)
+    except Diverged as error:
+        print(f"error: {error}; lower the learning rates (summary.json: status diverged)", file=sys.stderr)
+        raise SystemExit(1) from None
     shown = {k: v for k, v in summary.items() if k != "config"}
     print(json.dumps(shown, indent=2))
     print(f"wrote {args.out}/metrics.csv, {args.out}/summary.json, {args.out}/checkpoints/")

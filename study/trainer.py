@@ -82,7 +82,11 @@ def train_run(
         set_learning_rates(optimizer, step.lr)
 
         record = {"epoch": step.epoch, "period": step.period}
-        record |= train_epoch(forward, model, optimizer, batches.epoch(step), autocast, step, config)
+        try:
+            record |= train_epoch(forward, model, optimizer, batches.epoch(step), autocast, step, config)
+        except Diverged:
+            atomic_write_json(out_dir / "summary.json", summarize(history, config, status="diverged"))
+            raise
         if _evaluation_due(step, config, len(plan)):
             record |= evaluate_model(model, data, config, device)
         history.append(record)
@@ -387,7 +391,7 @@ def _same_run(saved: dict[str, Any], config: RunConfig) -> bool:
     return a == b
 
 
-def summarize(history: list[dict[str, Any]], config: RunConfig) -> dict[str, Any]:
+def summarize(history: list[dict[str, Any]], config: RunConfig, status: str = "finished") -> dict[str, Any]:
     """Best and final metrics of a run."""
     prefix = config.data.evaluate_on
     key = f"{prefix}_mAP"
@@ -395,7 +399,7 @@ def summarize(history: list[dict[str, Any]], config: RunConfig) -> dict[str, Any
     best = max(evaluated, key=lambda r: r[key]) if evaluated else {}
     final = evaluated[-1] if evaluated else {}
     return {
-        "status": "finished",
+        "status": status,
         "schedule": config.schedule["name"],
         "epochs": len(history),
         f"best_{key}": best.get(key),
