@@ -1,0 +1,417 @@
+"""``python -m study.report DIR [--final]``: DIR/report.md and plots of a study made by ``study.sweep``.
+
+The report compares the schedules (each schedule's best configuration, mean ± std over its
+seeds), names the best configuration, ranks the tuned parameters by importance (Optuna's
+PED-ANOVA on DIR/optuna.db), and plots validation mAP, training loss and gradient norms against
+the epoch (like the paper's Figures 4 and 5) and each tuned parameter against mAP.
+``--final`` retrains the best configuration, and the best ``finetune`` one for comparison, on
+every training identity with ``data.evaluate_on=test`` (into DIR/final/) and adds test mAP and rank-1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from study.config import read_yaml
+from study.errors import UserError, cli
+from study.files import atomic_write_text
+
+PLOTS = "plots"
+SEED = "seed"
+
+
+@dataclass
+class Study:
+    """A study folder's tables and the settings of the search space it ran."""
+
+    folder: Path
+    name: str
+    saved: dict[str, Any]  # DIR/study.yaml
+    results: pd.DataFrame
+    epochs: pd.DataFrame
+    prefix: str  # val or test
+    keys: list[str]  # the searched run-config keys (results.csv columns), schedule.name excluded
+
+    @property
+    def metric(self) -> str:
+        return f"{self.prefix}_mAP"
+
+    def configurations(self) -> pd.DataFrame:
+        """One row per sampled configuration: its seeds' mean and std of the best mAP and rank-1."""
+        results = self.results.copy()
+        group = ["schedule", *self.keys]
+        results["config"] = [repr(tuple(values)) for values in results[group].itertuples(index=False)]
+        best_map, best_rank1 = f"best_{self.prefix}_mAP", f"best_{self.prefix}_rank1"
+        rows = []
+        for _, trials in results.groupby("config", sort=False):
+            first = trials.iloc[0]
+            rows.append(
+                {
+                    "schedule": first["schedule"],
+                    **{k: first[k] for k in self.keys},
+                    "seeds": len(trials),
+                    "trial_ids": list(trials["trial_id"]),
+                    "mAP_mean": trials[best_map].mean(),
+                    "mAP_std": trials[best_map].std(ddof=0),
+                    "rank1_mean": trials[best_rank1].mean(),
+                    "rank1_std": trials[best_rank1].std(ddof=0),
+                    "epochs": trials["epochs"].mean(),
+                    "statuses": _counts(trials["status"]),
+                }
+            )
+        return pd.DataFrame(rows)
+
+    def best_per_schedule(self) -> pd.DataFrame:
+        """Each schedule's best configuration (highest mean best mAP over seeds), best first."""
+        configs = self.configurations().sort_values("mAP_mean", ascending=False, na_position="last")
+        return configs.drop_duplicates("schedule").reset_index(drop=True)
+
+
+def load_study(folder: str | Path) -> Study:
+    """Read DIR/study.yaml, results.csv and epochs.csv (one-line errors when DIR holds no study)."""
+    folder = Path(folder)
+    if not (folder / "study.yaml").exists():
+        raise UserError(f"{folder} holds no study (no study.yaml); run python -m study.sweep first")
+    if not (folder / "results.csv").exists():
+        raise UserError(f"{folder} has no results.csv yet; wait for the first trial to report")
+    saved = read_yaml(folder / "study.yaml")
+    results = pd.read_csv(folder / "results.csv")
+    epochs_file = folder / "epochs.csv"
+    has_epochs = epochs_file.exists() and epochs_file.stat().st_size > 1  # a header-only file is one newline
+    epochs = pd.read_csv(epochs_file) if has_epochs else pd.DataFrame()
+    prefix = (saved.get("data") or {}).get("evaluate_on", "val")
+    search = saved.get("search") or {}
+    searched = [*(search.get("params") or {}), *(k for p in (search.get("when") or {}).values() for k in p)]
+    keys = [k for k in dict.fromkeys(searched) if k in results.columns]
+    return Study(folder, saved.get("_name", folder.name), saved, results, epochs, prefix, keys)
+
+
+# ----------------------------------------------------------------------------- the report
+
+
+def write_report(study: Study, final: list[dict[str, Any]] | None = None) -> Path:
+    """Write DIR/report.md and DIR/plots/*.png; returns the report's path."""
+    plots = write_plots(study)
+    lines = [f"# Study {study.name}", "", _overview(study), ""]
+    lines += ["## Schedules", "", *schedules_table(study), ""]
+    lines += ["## Best configuration", "", *best_configuration(study), ""]
+    lines += ["## Parameter importance", "", *importance_section(study), ""]
+    if final:
+        lines += ["## Test set (retrained on every training identity)", "", *final_table(final), ""]
+    lines += ["## Plots", ""]
+    lines += [f"![{title}]({PLOTS}/{path.name})" for title, path in plots.items()] or [
+        "No epochs reported yet."
+    ]
+    path = study.folder / "report.md"
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path
+
+
+def _overview(study: Study) -> str:
+    trials = study.results
+    return (
+        f"{len(trials)} trials ({_counts(trials['status'])}) of {trials['schedule'].nunique()} schedules; "
+        f"ranked by best {study.metric}; mean ± std over seeds, in %."
+    )
+
+
+def schedules_table(study: Study) -> list[str]:
+    """Markdown table: each schedule's best configuration, mean ± std over seeds of best mAP and rank-1."""
+    best = study.best_per_schedule()
+    trials = study.results.groupby("schedule").size()
+    configs = study.configurations().groupby("schedule").size()
+    p = study.prefix
+    lines = [
+        f"| schedule | best {p} mAP | best {p} rank-1 | seeds | epochs | configurations | trials | status |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for _, row in best.iterrows():
+        name = row["schedule"]
+        lines.append(
+            f"| {name} | {_pm(row['mAP_mean'], row['mAP_std'])} | {_pm(row['rank1_mean'], row['rank1_std'])} "
+            f"| {row['seeds']} | {row['epochs']:g} | {configs[name]} | {trials[name]} "
+            f"| {_counts(study.results.loc[study.results['schedule'] == name, 'status'])} |"
+        )
+    return lines
+
+
+def best_configuration(study: Study) -> list[str]:
+    """The configuration with the highest mean best mAP, its values and how to train it again."""
+    best = study.best_per_schedule()
+    if best.empty or pd.isna(best.iloc[0]["mAP_mean"]):
+        return ["No trial has been validated yet."]
+    row = best.iloc[0]
+    lines = [
+        f"**{row['schedule']}**: best {study.metric} {_pm(row['mAP_mean'], row['mAP_std'])}, "
+        f"rank-1 {_pm(row['rank1_mean'], row['rank1_std'])} over {row['seeds']} seed(s).",
+        "",
+    ]
+    lines += [f"- `{key}`: {_value(row[key])}" for key in study.keys if not _missing(row[key])]
+    trial = row["trial_ids"][0]
+    lines += [
+        "",
+        f"Trials: {', '.join(row['trial_ids'])}. Train it again with "
+        f"`python -m study.train {study.folder / 'trials' / trial / 'config.yaml'} --out DIR`, "
+        f"or on the test protocol with `python -m study.report {study.folder} --final`.",
+    ]
+    return lines
+
+
+def importance_section(study: Study) -> list[str]:
+    """Optuna parameter importance (PED-ANOVA) over the completed configurations, or why there is none."""
+    db = study.folder / "optuna.db"
+    if not db.exists():
+        return ["No Optuna study (optuna.db) in this folder."]
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        stored = optuna.load_study(study_name=study.name, storage=f"sqlite:///{db}")
+    except KeyError:
+        return [f"optuna.db holds no study named {study.name!r}."]
+    complete = [t for t in stored.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    varying = sorted(
+        {k for t in complete for k in t.params if len({str(u.params.get(k)) for u in complete}) > 1}
+    )
+    if len(complete) < 2 or not varying:
+        return [
+            f"Not computed: needs at least 2 completed configurations and 1 varying parameter "
+            f"(has {len(complete)} and {len(varying)})."
+        ]
+    with _quiet_warnings():
+        try:
+            importances = optuna.importance.get_param_importances(
+                stored, evaluator=optuna.importance.PedAnovaImportanceEvaluator()
+            )
+        except (ValueError, RuntimeError) as error:
+            return [f"Not computed: {error}"]
+    lines = [
+        f"PED-ANOVA over {len(complete)} completed configurations (Optuna trials, seeds averaged); "
+        "parameters that only some schedules have are left out"
+        f"{'; rough with so few configurations' if len(complete) < 10 else ''}. "
+        f"Open the study with `optuna-dashboard sqlite:///{db}`.",
+        "",
+        "| parameter | importance |",
+        "|---|---|",
+    ]
+    lines += [f"| `{name}` | {value:.3f} |" for name, value in importances.items()]
+    return lines
+
+
+def final_table(final: list[dict[str, Any]]) -> list[str]:
+    lines = ["| run | schedule | test mAP | test rank-1 | epochs | folder |", "|---|---|---|---|---|---|"]
+    for run in final:
+        s = run["summary"]
+        lines.append(
+            f"| {run['label']} | {s['schedule']} | {_percent(s.get('final_test_mAP'))} "
+            f"| {_percent(s.get('final_test_rank1'))} | {s['epochs']} | {run['folder']} |"
+        )
+    lines += ["", "Values of the final model (no selection on the test set)."]
+    return lines
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def write_plots(study: Study) -> dict[str, Path]:
+    """PNG plots into DIR/plots; returns title -> path for those that had data."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    folder = study.folder / PLOTS
+    folder.mkdir(exist_ok=True)
+    curves = best_curves(study)
+    plots: dict[str, Path] = {}
+    if not curves.empty:
+        m = study.metric
+        validated = curves.dropna(subset=[m]) if m in curves else curves.iloc[0:0]
+        if not validated.empty:
+            plots[f"{m} against epoch"] = _line_plot(validated, m, 100, f"{m} (%)", folder / f"{m}.png")
+        plots["training loss against epoch"] = _line_plot(
+            curves, "loss", 1, "training loss", folder / "loss.png"
+        )
+        plots["gradient norm per block"] = _grad_plot(curves, folder / "grad_norm.png")
+    scatter = _param_plot(study, folder / "params.png")
+    if scatter is not None:
+        plots[f"tuned parameters against best {study.metric}"] = scatter
+    return plots
+
+
+def best_curves(study: Study) -> pd.DataFrame:
+    """Epoch rows of each schedule's best configuration (all its seeds), diverged epochs left out."""
+    if study.epochs.empty:
+        return study.epochs
+    trials = {t: row["schedule"] for _, row in study.best_per_schedule().iterrows() for t in row["trial_ids"]}
+    rows = study.epochs[study.epochs["trial_id"].isin(trials)]
+    if "diverged" in rows:
+        rows = rows[~rows["diverged"].astype(bool)]
+    return rows
+
+
+def _line_plot(rows: pd.DataFrame, column: str, scale: float, label: str, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for schedule, group in rows.groupby("schedule", sort=False):
+        stats = (group.groupby("epoch")[column].agg(["mean", "min", "max"]) * scale).reset_index()
+        (line,) = ax.plot(stats["epoch"], stats["mean"], marker="o", markersize=3, label=schedule)
+        ax.fill_between(stats["epoch"], stats["min"], stats["max"], color=line.get_color(), alpha=0.15)
+    ax.set(xlabel="epoch", ylabel=label, title=f"{label}: mean over seeds (band: min to max)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, path)
+
+
+def _grad_plot(rows: pd.DataFrame, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    columns = [c for c in rows.columns if c.startswith("grad_norm_")]
+    fig, axes = plt.subplots(2, math.ceil(len(columns) / 2), figsize=(12, 6.5), squeeze=False)
+    for ax, column in zip(axes.flat, columns, strict=False):
+        for schedule, group in rows.groupby("schedule", sort=False):
+            mean = group.groupby("epoch")[column].mean()
+            ax.plot(mean.index, mean.values, label=schedule)
+        ax.set(title=column.removeprefix("grad_norm_"), xlabel="epoch", yscale="log")
+        ax.grid(alpha=0.3)
+    axes.flat[0].set_ylabel("gradient norm (mean over the epoch's steps)")
+    axes.flat[0].legend(fontsize="small")
+    fig.suptitle("Gradient norm per block, mean over seeds")
+    return _save(fig, path)
+
+
+def _param_plot(study: Study, path: Path) -> Path | None:
+    import matplotlib.pyplot as plt
+
+    results = study.results
+    best = f"best_{study.metric}"
+    keys = [k for k in study.keys if results[k].nunique() > 1]
+    if not keys or results[best].notna().sum() == 0:
+        return None
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 4), squeeze=False)
+    for ax, key in zip(axes.flat, keys, strict=True):
+        numeric = pd.to_numeric(results[key], errors="coerce")
+        for schedule, group in results.groupby("schedule", sort=False):
+            x = numeric[group.index] if numeric.notna().any() else group[key].astype(str)
+            ax.scatter(x, group[best] * 100, label=schedule, alpha=0.8)
+        if numeric.notna().any() and numeric.min() > 0 and numeric.max() / numeric.min() >= 10:
+            ax.set_xscale("log")
+        ax.set(xlabel=key, ylabel=f"best {study.metric} (%)")
+        ax.grid(alpha=0.3)
+    axes.flat[0].legend(fontsize="small")
+    return _save(fig, path)
+
+
+def _save(fig: Any, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# ----------------------------------------------------------------------------- --final
+
+
+def retrain_final(study: Study) -> list[dict[str, Any]]:
+    """Retrain the best configuration (and the best finetune one) with evaluate_on=test into DIR/final/."""
+    from study.sweep import SCHEDULE_KEY, SEED_KEY, parse_search_space
+    from study.trainer import train_run
+
+    best = study.best_per_schedule().dropna(subset=["mAP_mean"])
+    if best.empty:
+        raise UserError("no trial has been validated yet; nothing to retrain")
+    chosen = {"best": best.iloc[0]}
+    finetune = best[best["schedule"] == "finetune"]
+    if not finetune.empty and best.iloc[0]["schedule"] != "finetune":
+        chosen["finetune"] = finetune.iloc[0]
+    source = {k: v for k, v in study.saved.items() if k != "_name"}
+    space = parse_search_space(source, study.name)
+    runs = []
+    for label, row in chosen.items():
+        trial = study.results.set_index("trial_id").loc[row["trial_ids"][0]]
+        sampled = {SCHEDULE_KEY: row["schedule"], SEED_KEY: int(trial[SEED])}
+        sampled |= {k: _cell(row[k]) for k in study.keys if not _missing(row[k])}
+        config = space.run_config(sampled)
+        config.data.evaluate_on = "test"
+        config.train.progress = True
+        folder = study.folder / "final" / label
+        summary_file = folder / "summary.json"
+        if summary_file.exists():
+            summary = json.loads(summary_file.read_text())
+        else:
+            print(f"retraining {label} ({row['schedule']}) on the test protocol into {folder}")
+            summary = train_run(config, folder, resume=True)
+        runs.append({"label": label, "summary": summary, "folder": str(folder.relative_to(study.folder))})
+    return runs
+
+
+# ----------------------------------------------------------------------------- formatting
+
+
+def _pm(mean: float, std: float) -> str:
+    if _missing(mean):
+        return "–"
+    return f"{mean * 100:.2f} ± {0.0 if _missing(std) else std * 100:.2f}"
+
+
+def _percent(value: Any) -> str:
+    return "–" if _missing(value) else f"{value * 100:.2f}"
+
+
+def _counts(statuses: pd.Series) -> str:
+    return ", ".join(f"{n} {status}" for status, n in statuses.value_counts().items())
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _value(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _cell(value: Any) -> Any:
+    """A results.csv value as the type the config wants: whole floats that pandas made of ints become ints."""
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+@contextlib.contextmanager
+def _quiet_warnings():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+@cli
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m study.report", description=__doc__.splitlines()[0])
+    parser.add_argument("folder", help="study folder written by python -m study.sweep")
+    parser.add_argument(
+        "--final", action="store_true", help="retrain the best configuration on the test protocol (slow)"
+    )
+    args = parser.parse_args(argv)
+    study = load_study(args.folder)
+    final = retrain_final(study) if args.final else None
+    path = write_report(study, final)
+    print(f"wrote {path} and plots in {study.folder / PLOTS}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1240 @@
+"""``python -m study.sweep SEARCH_SPACE.yaml [--out DIR] [--set k=v] [--address ADDR] [--resume]``: a study.
+
+Ray Tune spreads the trials over the CPUs and GPUs of a Ray cluster, Optuna's TPE proposes the
+configurations, and every trial trains one schedule with the shared trainer and reports each epoch.
+
+A search-space file is a run config (model, data, schedule, train, wandb) plus two sections::
+
+    search:
+      schedules: [finetune, incremental_rollback]   # compared side by side, assigned round robin
+      seeds: [0, 1]                                  # every sampled configuration runs once per seed
+      params:                                        # dotted run-config key: distribution or fixed value
+        schedule.lr: {loguniform: [3.0e-3, 3.0e-2]}  # also uniform, int, intlog (bounds inclusive), choice
+        train.batch_size: {choice: [16, 32]}
+        schedule.head_lr: 0.1                        # fixed
+      when:                                          # parameters of one schedule only
+        finetune: {schedule.epochs: 8}
+    tune:
+      metric: val_mAP            # val_/test_ + mAP, rank1, rank5, rank10 or mINP
+      mode: max
+      num_samples: 6             # sampled configurations; trials = num_samples x len(seeds)
+      max_concurrent: 2          # at most this many trials at once (default: as resources allow)
+      resources: {cpu: 1, gpu: 0}                    # per trial; a fractional gpu shares one
+      asha: {grace_periods: 1, reduction_factor: 2}  # early stopping on period ends; omit to disable
+      seed: 0                    # of the TPE sampler
+      startup_trials: 10         # configurations sampled at random before TPE takes over
+
+The base ``schedule`` section is the first compared schedule's; a compared schedule keeps the base
+parameters it also has and gets the others from ``params`` (those it lacks are dropped) and ``when``.
+Each trial's sampled dict (flat dotted keys plus ``train.seed``) is what W&B logs as its config.
+``${NAME}`` in any value is replaced by the environment variable NAME (``data.root: ${MARKET1501_ROOT}``).
+
+How the pieces fit:
+- Seeds: Ray's Repeater asks Optuna for a configuration and runs it once per seed; Optuna is told the
+  mean over the seeds of the last reported metric. optuna.db holds one trial per configuration.
+- Schedules: with several, configuration i has its schedule fixed to schedule i mod k (points Optuna
+  evaluates first), so every schedule gets its share; Optuna's TPE samples the other values.
+- Early stopping: ASHA measures time in completed periods (``periods_done``, +1 on the last epoch
+  of each period), so its rungs fall on period ends, never in the dip right after a rollback.
+- Every epoch is reported and carries the metric: epochs without validation repeat the last
+  validated value (0 before the first), ``validated`` says which epochs computed it.
+- A trial whose loss becomes NaN/inf reports a last result flagged ``diverged`` (metric 0) and ends;
+  the study goes on. Each trial keeps only its newest checkpoint; Tune holds a copy for ``--resume``.
+
+Results in DIR (default ``runs/<search-space name>``): ``study.yaml`` (the resolved search space),
+``tune/`` (Ray's experiment, for ``--resume``), ``trials/<trial id>/`` (each trial's run folder),
+``wandb/``, ``optuna.db`` (one Optuna trial per configuration, the mean over its seeds),
+``results.csv`` (one row per trial) and ``epochs.csv`` (one row per trial and epoch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import csv
+import dataclasses
+import logging
+import math
+import netrc
+import os
+import re
+import shutil
+import sys
+import time
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+from study.config import RunConfig, apply_overrides, config_from_dict, read_yaml
+from study.errors import UserError, cli, closest, unknown
+from study.files import atomic_write_csv, atomic_write_text
+
+try:  # the "sweep" extra; checking a search space works without it
+    from ray.air.integrations.wandb import WandbLoggerCallback, _WandbLoggingActor
+    from ray.tune import Callback
+except ImportError:
+    Callback = WandbLoggerCallback = _WandbLoggingActor = object
+
+SCHEDULE_KEY = "schedule.name"
+SEED_KEY = "train.seed"
+TRIAL_INDEX = "__trial_index__"  # set by ray.tune.search.Repeater: which seed of a configuration
+DISTRIBUTIONS = ("uniform", "loguniform", "int", "intlog", "choice")
+SEARCH_KEYS = ("schedules", "seeds", "params", "when")
+TUNE_KEYS = (
+    "metric",
+    "mode",
+    "num_samples",
+    "max_concurrent",
+    "resources",
+    "asha",
+    "seed",
+    "startup_trials",
+)
+RESOURCE_KEYS = ("cpu", "gpu")
+ASHA_KEYS = ("grace_periods", "reduction_factor")
+METRICS = ("mAP", "rank1", "rank5", "rank10", "mINP")
+EXPERIMENT = "tune"  # Ray's experiment folder inside the study folder
+# ASHA stops any trial at max_t periods: set far beyond any plan, so trials end with their own plan.
+ASHA_MAX_PERIODS = 1000
+WRITE_EVERY_S = 10.0
+
+
+# ----------------------------------------------------------------------------- the search space
+
+
+@dataclass(frozen=True)
+class Param:
+    """One searched run-config key: a distribution (uniform, loguniform, int, intlog, choice) or fixed value.
+
+    >>> parse_param("schedule.lr", {"loguniform": [1e-3, 1e-1]}, "search.params").kind
+    'loguniform'
+    """
+
+    key: str
+    kind: str  # one of DISTRIBUTIONS, or "fixed"
+    args: tuple  # (low, high), the choices, or (value,)
+
+    @property
+    def fixed(self) -> bool:
+        return self.kind == "fixed"
+
+    @property
+    def schedule_param(self) -> str | None:
+        """The schedule parameter this key sets (``schedule.lr`` -> ``lr``), or None."""
+        section, _, rest = self.key.partition(".")
+        return rest if section == "schedule" else None
+
+    def suggest(self, trial: Any) -> Any:
+        """Ask an Optuna trial for a value."""
+        if self.kind == "choice":
+            return trial.suggest_categorical(self.key, list(self.args))
+        low, high = self.args
+        if self.kind in ("int", "intlog"):
+            return trial.suggest_int(self.key, low, high, log=self.kind == "intlog")
+        return trial.suggest_float(self.key, low, high, log=self.kind == "loguniform")
+
+
+@dataclass(frozen=True)
+class Asha:
+    grace_periods: int = 1
+    reduction_factor: float = 2
+
+
+@dataclass(frozen=True)
+class TuneSettings:
+    metric: str
+    mode: str = "max"
+    num_samples: int = 1
+    max_concurrent: int | None = None
+    cpu: float = 1
+    gpu: float = 0
+    asha: Asha | None = None
+    seed: int = 0
+    startup_trials: int = 10
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """A validated search-space file: the base run config, what to search, and how to run the trials."""
+
+    name: str
+    base: dict[str, Any]
+    schedules: tuple[str, ...]
+    seeds: tuple[int, ...]
+    params: tuple[Param, ...]
+    when: dict[str, tuple[Param, ...]]
+    tune: TuneSettings
+    source: dict[str, Any]  # the resolved file, saved as DIR/study.yaml
+
+    @property
+    def num_trials(self) -> int:
+        return self.tune.num_samples * len(self.seeds)
+
+    def params_for(self, schedule: str) -> list[Param]:
+        """The parameters a trial of ``schedule`` samples or sets, in file order."""
+        fields = schedule_fields(schedule)
+        common = [p for p in self.params if p.schedule_param is None or p.schedule_param in fields]
+        return common + list(self.when.get(schedule, ()))
+
+    def searched_keys(self) -> list[str]:
+        """Every searched key (tuned or fixed, any schedule), in file order."""
+        every = [*self.params, *(p for params in self.when.values() for p in params)]
+        return list(dict.fromkeys(p.key for p in every))
+
+    def tuned_keys(self) -> list[str]:
+        """The keys Optuna samples, the schedule first when several are compared."""
+        every = [*self.params, *(p for params in self.when.values() for p in params)]
+        tuned = [p.key for p in every if not p.fixed]
+        return list(dict.fromkeys(([SCHEDULE_KEY] if len(self.schedules) > 1 else []) + tuned))
+
+    def base_for(self, schedule: str) -> dict[str, Any]:
+        """The base run config with its schedule section switched to ``schedule``."""
+        data = copy.deepcopy(self.base)
+        fields = schedule_fields(schedule)
+        kept = {k: v for k, v in data["schedule"].items() if k in fields}
+        data["schedule"] = {"name": schedule, **kept}
+        return data
+
+    def run_config(self, sampled: dict[str, Any]) -> RunConfig:
+        """The run config of one trial: the base, the sampled schedule and values, no progress bars.
+
+        >>> space.run_config({"schedule.name": "base_cy", "schedule.lr": 0.02, "train.seed": 1})
+        """
+        data = self.base_for(sampled.get(SCHEDULE_KEY, self.schedules[0]))
+        for key, value in sampled.items():
+            if key != SCHEDULE_KEY:
+                set_dotted(data, key, value)
+        set_dotted(data, "train.progress", False)
+        return config_from_dict(data)
+
+
+def load_search_space(path: str | Path, overrides: list[str] = ()) -> SearchSpace:
+    """Read, override (``--set``), expand ``${VAR}`` and validate a search-space file.
+
+    >>> load_search_space("search_spaces/demo.yaml", ["tune.num_samples=3"]).num_trials
+    """
+    data = apply_overrides(read_yaml(path), overrides)
+    data = expand_env(data)
+    absolutize_paths(data)
+    return parse_search_space(data, Path(path).stem)
+
+
+def expand_env(value: Any, where: str = "") -> Any:
+    """Replace ``${NAME}`` in every string with the environment variable NAME (one-line error when unset)."""
+    if isinstance(value, dict):
+        return {k: expand_env(v, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [expand_env(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+
+    def replace(match: re.Match) -> str:
+        name = match.group(1)
+        if name not in os.environ:
+            raise UserError(
+                f"{where} uses ${{{name}}}, which is not set; export {name}=VALUE or pass --set {where}=VALUE"
+            )
+        return os.environ[name]
+
+    return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", replace, value)
+
+
+def absolutize_paths(data: dict[str, Any]) -> None:
+    """Make the config's paths absolute: trials run with the trial folder as working directory."""
+    sections = {s: data.get(s) if isinstance(data.get(s), dict) else {} for s in ("data", "model")}
+    data_section, model = sections["data"], sections["model"]
+    for key in ("synthetic_dir", "cache_dir"):
+        if isinstance(data_section.get(key), str):
+            data_section[key] = os.path.abspath(data_section[key])
+    if isinstance(data_section.get("root"), str) and data_section["root"] != "synthetic":
+        data_section["root"] = os.path.abspath(data_section["root"])
+    weights = model.get("weights")
+    if isinstance(weights, str) and weights not in ("imagenet", "packaged", "none"):
+        model["weights"] = os.path.abspath(weights)
+
+
+def parse_search_space(data: dict[str, Any], name: str) -> SearchSpace:
+    """Validate the ``search`` and ``tune`` sections against the run config and the schedules."""
+    base = {k: v for k, v in data.items() if k not in ("search", "tune")}
+    base_config = config_from_dict(base)  # unknown sections and bad values of the base config
+    base = base_config.to_dict()
+    search = _mapping(data.get("search"), "search", SEARCH_KEYS)
+    schedules = _schedules(search.get("schedules", [base_config.schedule["name"]]))
+    seeds = _seeds(search.get("seeds", [base_config.train.seed]))
+    params = _params(search.get("params"), "search.params", schedules)
+    when = _when(search.get("when"), schedules, params)
+    tune = _tune(data.get("tune"), base_config.data.evaluate_on, len(schedules))
+    space = SearchSpace(name, base, schedules, seeds, params, when, tune, data)
+    _check_values(space)
+    return space
+
+
+def parse_param(key: str, spec: Any, where: str) -> Param:
+    """Parse ``{kind: [low, high]}``, ``{choice: [...]}`` or a fixed value for the run-config ``key``."""
+    where = f"{where}.{key}"
+    if not isinstance(spec, dict):
+        return Param(key, "fixed", (spec,))
+    if len(spec) != 1:
+        raise UserError(f"{where} must be one distribution such as {{uniform: [0.1, 0.5]}}, got {spec}")
+    ((kind, args),) = spec.items()
+    if kind not in DISTRIBUTIONS:
+        raise UserError(f"{where}: {unknown('distribution', str(kind), DISTRIBUTIONS)}")
+    if kind == "choice":
+        return Param(key, kind, _choices(args, where))
+    if not (isinstance(args, list) and len(args) == 2 and all(_is_number(v) for v in args)):
+        raise UserError(f"{where}: {kind} needs [low, high] numbers, got {args!r}")
+    low, high = args
+    if kind in ("int", "intlog") and not all(isinstance(v, int) for v in args):
+        raise UserError(f"{where}: {kind} needs whole-number bounds, got {args!r}")
+    if low >= high:
+        raise UserError(f"{where}: {kind} needs low < high, got [{low}, {high}]")
+    if kind in ("loguniform", "intlog") and low <= 0:
+        raise UserError(f"{where}: {kind} needs bounds > 0, got [{low}, {high}]")
+    if kind in ("uniform", "loguniform"):
+        low, high = float(low), float(high)
+    return Param(key, kind, (low, high))
+
+
+def schedule_fields(name: str) -> tuple[str, ...]:
+    """The parameters of a registered schedule (its dataclass fields)."""
+    from schedules import schedule_class
+
+    return tuple(f.name for f in dataclasses.fields(schedule_class(name)) if f.init)
+
+
+def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    """``set_dotted(d, "train.batch_size", 32)`` sets ``d["train"]["batch_size"]`` (value kept as it is)."""
+    *parents, leaf = key.split(".")
+    for part in parents:
+        data = data.setdefault(part, {})
+    data[leaf] = value
+
+
+def _mapping(value: Any, where: str, valid: tuple[str, ...]) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise UserError(f"{where} must be a mapping, got {value!r}")
+    for key in value:
+        if key not in valid:
+            raise UserError(f"unknown key {where}.{key}{closest(str(key), valid)}; valid: {', '.join(valid)}")
+    return value
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _choices(args: Any, where: str) -> tuple:
+    if not isinstance(args, list) or not args:
+        raise UserError(f"{where}: choice needs a non-empty list, got {args!r}")
+    for value in args:
+        if not (value is None or isinstance(value, str | int | float | bool)):
+            raise UserError(f"{where}: choice values must be numbers, strings or booleans, got {value!r}")
+    if len(set(map(repr, args))) != len(args):
+        raise UserError(f"{where}: choice lists a value twice: {args}")
+    return tuple(args)
+
+
+def _schedules(value: Any) -> tuple[str, ...]:
+    from schedules import schedule_class
+
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise UserError(f"search.schedules must be a non-empty list of schedule names, got {value!r}")
+    if len(set(value)) != len(value):
+        raise UserError(f"search.schedules names a schedule twice: {value}")
+    for name in value:
+        schedule_class(name)  # unknown names: one line with the registered ones
+    return tuple(value)
+
+
+def _seeds(value: Any) -> tuple[int, ...]:
+    integers = isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    if not value or not integers:
+        raise UserError(f"search.seeds must be a non-empty list of integers, got {value!r}")
+    if len(set(value)) != len(value):
+        raise UserError(f"search.seeds lists a seed twice: {value}")
+    return tuple(value)
+
+
+def _params(value: Any, where: str, schedules: tuple[str, ...]) -> tuple[Param, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, dict):
+        raise UserError(f"{where} must map dotted run-config keys to distributions, got {value!r}")
+    params = []
+    for key, spec in value.items():
+        _check_key(str(key), where, schedules)
+        params.append(parse_param(str(key), spec, where))
+    return tuple(params)
+
+
+def _check_key(key: str, where: str, schedules: tuple[str, ...]) -> None:
+    if key == SCHEDULE_KEY:
+        raise UserError(f"{where}.{key}: list the compared schedules in search.schedules instead")
+    if key == SEED_KEY:
+        raise UserError(f"{where}.{key}: list the seeds in search.seeds instead")
+    section, _, rest = key.partition(".")
+    if section == "schedule":
+        fields = sorted({f for s in schedules for f in schedule_fields(s)})
+        if rest not in fields:
+            raise UserError(
+                f"{where}: no compared schedule ({', '.join(schedules)}) has a parameter {rest!r}"
+                f"{closest(rest, fields)}; valid: {', '.join(fields)}"
+            )
+        return
+    _check_run_key(key, where)
+
+
+def _check_run_key(key: str, where: str) -> None:
+    cls: Any = RunConfig
+    parts = key.split(".")
+    if len(parts) < 2:
+        raise UserError(f"{where}: {key!r} must be a dotted run-config key such as train.batch_size")
+    for depth, part in enumerate(parts):
+        names = [f.name for f in dataclasses.fields(cls)]
+        if part not in names:
+            path = ".".join(parts[: depth + 1])
+            valid = ", ".join(names)
+            raise UserError(f"{where}: unknown config key {path!r}{closest(part, names)}; valid: {valid}")
+        hint = typing.get_type_hints(cls)[part]
+        last = depth == len(parts) - 1
+        if last and dataclasses.is_dataclass(hint):
+            raise UserError(f"{where}: {key!r} is a section; name one of its keys")
+        if not last and not dataclasses.is_dataclass(hint):
+            raise UserError(f"{where}: {'.'.join(parts[: depth + 1])!r} is not a section")
+        cls = hint
+
+
+def _when(value: Any, schedules: tuple[str, ...], params: tuple[Param, ...]) -> dict[str, tuple[Param, ...]]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise UserError(f"search.when must map schedule names to parameters, got {value!r}")
+    when = {}
+    common = {p.key for p in params}
+    for schedule, entries in value.items():
+        if schedule not in schedules:
+            raise UserError(f"search.when: {unknown('compared schedule', str(schedule), schedules)}")
+        where = f"search.when.{schedule}"
+        if not isinstance(entries, dict):
+            raise UserError(f"{where} must map dotted run-config keys to distributions, got {entries!r}")
+        fields = schedule_fields(schedule)
+        for key in entries:
+            section, _, rest = str(key).partition(".")
+            if section == "schedule" and rest not in fields and key != SCHEDULE_KEY:
+                raise UserError(
+                    f"{where}: schedule {schedule!r} has no parameter {rest!r}{closest(rest, fields)}; "
+                    f"valid: {', '.join(fields)}"
+                )
+            if key in common:
+                raise UserError(f"{where}.{key} is also in search.params; keep one of them")
+        when[schedule] = _params(entries, where, (schedule,))
+    return when
+
+
+def _tune(value: Any, evaluate_on: str, num_schedules: int) -> TuneSettings:
+    tune = _mapping(value, "tune", TUNE_KEYS)
+    metrics = [f"{evaluate_on}_{m}" for m in METRICS]
+    metric = tune.get("metric", metrics[0])
+    if metric not in metrics:
+        raise UserError(f"tune.metric: {unknown('metric', str(metric), metrics)}")
+    mode = tune.get("mode", "max")
+    if mode not in ("max", "min"):
+        raise UserError(f"tune.mode must be max or min, got {mode!r}")
+    num_samples = _positive_int(tune.get("num_samples", num_schedules), "tune.num_samples")
+    if num_samples < num_schedules:
+        raise UserError(
+            f"tune.num_samples={num_samples} is fewer than the {num_schedules} compared schedules; "
+            "each schedule needs at least one configuration"
+        )
+    max_concurrent = tune.get("max_concurrent")
+    if max_concurrent is not None:
+        max_concurrent = _positive_int(max_concurrent, "tune.max_concurrent")
+    resources = _mapping(tune.get("resources"), "tune.resources", RESOURCE_KEYS)
+    cpu, gpu = resources.get("cpu", 1), resources.get("gpu", 0)
+    if not _is_number(cpu) or cpu <= 0:
+        raise UserError(f"tune.resources.cpu must be a positive number, got {cpu!r}")
+    if not _is_number(gpu) or gpu < 0:
+        raise UserError(f"tune.resources.gpu must be a number >= 0, got {gpu!r}")
+    if gpu > 1 and gpu != int(gpu):
+        raise UserError(f"tune.resources.gpu above 1 must be a whole number of GPUs, got {gpu}")
+    asha = None
+    if tune.get("asha") is not None:
+        settings = _mapping(tune["asha"], "tune.asha", ASHA_KEYS)
+        grace = _positive_int(settings.get("grace_periods", 1), "tune.asha.grace_periods")
+        factor = settings.get("reduction_factor", 2)
+        if not _is_number(factor) or factor <= 1:
+            raise UserError(f"tune.asha.reduction_factor must be a number > 1, got {factor!r}")
+        asha = Asha(grace, factor)
+    seed = tune.get("seed", 0)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise UserError(f"tune.seed must be an integer, got {seed!r}")
+    startup = _positive_int(tune.get("startup_trials", 10), "tune.startup_trials")
+    return TuneSettings(metric, mode, num_samples, max_concurrent, cpu, gpu, asha, seed, startup)
+
+
+def _positive_int(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise UserError(f"{where} must be a positive integer, got {value!r}")
+    return value
+
+
+def _check_values(space: SearchSpace) -> None:
+    """Build every schedule's config with each bound and choice, so bad values fail before any trial."""
+    from schedules import build_schedule
+
+    for schedule in space.schedules:
+        for param in [None, *space.params_for(schedule)]:
+            for value in param.args if param else [None]:
+                data = space.base_for(schedule)
+                if param is not None:
+                    set_dotted(data, param.key, value)
+                try:
+                    build_schedule(config_from_dict(data).schedule)
+                except UserError as error:
+                    what = f"{param.key}={value!r}" if param else "the base config"
+                    raise UserError(f"search: {what} with schedule {schedule}: {error}") from None
+
+
+# ----------------------------------------------------------------------------- Optuna's view
+
+
+class Suggest:
+    """Optuna define-by-run space: the schedule, then only the parameters that schedule has.
+
+    Values Optuna suggests are captured by OptunaSearch; fixed values are returned. A class,
+    not a closure, because Ray pickles the searcher for ``--resume``.
+    """
+
+    def __init__(self, space: SearchSpace):
+        self.space = space
+
+    def __call__(self, trial: Any) -> dict[str, Any]:
+        schedules = self.space.schedules
+        fixed: dict[str, Any] = {}
+        if len(schedules) > 1:
+            schedule = trial.suggest_categorical(SCHEDULE_KEY, list(schedules))
+        else:
+            schedule = fixed[SCHEDULE_KEY] = schedules[0]
+        for param in self.space.params_for(schedule):
+            if param.fixed:
+                fixed[param.key] = param.args[0]
+            else:
+                param.suggest(trial)
+        return fixed
+
+
+def balanced_schedules(space: SearchSpace) -> list[dict[str, Any]]:
+    """Points Optuna evaluates first: configuration i gets schedule i mod k, so each gets its share."""
+    if len(space.schedules) == 1:
+        return []
+    k = len(space.schedules)
+    return [{SCHEDULE_KEY: space.schedules[i % k]} for i in range(space.tune.num_samples)]
+
+
+def trial_params(config: dict[str, Any], seeds: tuple[int, ...]) -> dict[str, Any]:
+    """A Tune trial's config as logged to W&B: the sampled keys plus ``train.seed`` for its repeat index."""
+    sampled = {k: v for k, v in config.items() if k != TRIAL_INDEX}
+    sampled[SEED_KEY] = seeds[config.get(TRIAL_INDEX, 0)]
+    return sampled
+
+
+# ----------------------------------------------------------------------------- one trial
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """What every trial needs besides its sampled config."""
+
+    space: SearchSpace
+    out: str
+
+
+def run_trial(config: dict[str, Any], context: TrialContext) -> None:
+    """Ray Tune trainable: train one sampled configuration with the shared trainer, reporting every epoch."""
+    from ray import tune
+
+    from schedules import build_schedule
+    from study.trainer import Diverged, train_run
+
+    # Ray logs a line per checkpoint; with a checkpoint every period that drowns the progress table.
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
+    trial_id = tune.get_context().get_trial_id()
+    sampled = trial_params(config, context.space.seeds)
+    run_config = context.space.run_config(sampled)
+    run_dir = Path(context.out) / "trials" / trial_id
+    restore_from_tune(tune.get_checkpoint(), run_dir)
+    plan = build_schedule(run_config.schedule).plan()
+    reporter = EpochReporter(plan, context.space.tune, run_dir)
+    try:
+        train_run(run_config, run_dir, resume=True, on_epoch=reporter)
+    except Diverged as error:
+        reporter.report_divergence(str(error))
+
+
+def periods_done(step: Any) -> int:
+    """Completed periods after an epoch: the counter ASHA measures time in."""
+    return step.period if step.last_in_period else step.period - 1
+
+
+def worst_value(mode: str) -> float:
+    """The metric reported before the first validation and after a divergence."""
+    return 0.0 if mode == "max" else math.inf
+
+
+class EpochReporter:
+    """The trainer's ``on_epoch``: reports each epoch's record to Tune, with the checkpoint when there is one.
+
+    Every report carries the tuning metric: the last validated value is carried forward on epochs
+    without validation (0 for mode max before the first one), and ``validated`` says which epochs
+    computed it. ``periods_done`` counts completed periods; ASHA's rungs fall on period ends.
+    ``best_*`` hold the best validated epoch so far, so W&B's summary (the last values) shows the best.
+    """
+
+    def __init__(self, plan: list, tune_settings: TuneSettings, run_dir: Path):
+        self.plan = plan
+        self.metric = tune_settings.metric
+        self.mode = tune_settings.mode
+        self.run_dir = run_dir
+        self.epoch = 0
+        self.last = worst_value(self.mode)
+        self.best: dict[str, Any] | None = None
+        for record in history_to_resume(run_dir):
+            self._remember(record)
+
+    def __call__(self, record: dict[str, Any], checkpoint: Path | None) -> None:
+        self._remember(record)
+        step = self.plan[record["epoch"] - 1]
+        result = {
+            **record,
+            self.metric: self.last,
+            "validated": self.metric in record,
+            "periods_done": periods_done(step),
+            "epochs_planned": len(self.plan),
+            "diverged": False,
+            **self._best_so_far(),
+        }
+        self._report(result, checkpoint)
+
+    def report_divergence(self, message: str) -> None:
+        """Report the epoch whose loss became NaN/inf as the trial's last result, flagged ``diverged``."""
+        from ray import tune
+
+        epoch = min(self.epoch + 1, len(self.plan))
+        step = self.plan[epoch - 1]
+        result = {
+            "epoch": epoch,
+            "period": step.period,
+            "loss": math.nan,
+            self.metric: worst_value(self.mode),
+            "validated": False,
+            "periods_done": step.period - 1,
+            "epochs_planned": len(self.plan),
+            "diverged": True,
+            **self._best_so_far(),
+        }
+        print(f"trial diverged: {message}")
+        tune.report(result)
+
+    def _remember(self, record: dict[str, Any]) -> None:
+        self.epoch = record["epoch"]
+        value = record.get(self.metric)
+        if value is None:
+            return
+        self.last = value
+        best = None if self.best is None else self.best[self.metric]
+        if best is None or (value > best if self.mode == "max" else value < best):
+            self.best = record
+
+    def _best_so_far(self) -> dict[str, Any]:
+        if self.best is None:
+            return {}
+        prefix = self.metric.split("_")[0]
+        best = {f"best_{k}": v for k, v in self.best.items() if k.startswith(f"{prefix}_")}
+        return {**best, "best_epoch": self.best["epoch"]}
+
+    def _report(self, result: dict[str, Any], checkpoint: Path | None) -> None:
+        from ray import tune
+
+        if checkpoint is None:
+            tune.report(result)
+            return
+        for old in checkpoint.parent.glob("epoch-*.pt"):
+            if old != checkpoint:  # the newest is enough to resume; Tune keeps a copy of it too
+                old.unlink(missing_ok=True)
+        stage = self.run_dir / ".to-tune"
+        shutil.rmtree(stage, ignore_errors=True)
+        stage.mkdir(parents=True)
+        try:
+            _link_or_copy(checkpoint, stage / checkpoint.name)
+            for name in ("config.yaml", "metrics.csv"):
+                shutil.copy2(self.run_dir / name, stage / name)
+            tune.report(result, checkpoint=tune.Checkpoint.from_directory(str(stage)))
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+
+
+def restore_from_tune(checkpoint: Any, run_dir: Path) -> None:
+    """Copy the checkpoint Tune restores a trial from into its run folder (the trial may have moved)."""
+    if checkpoint is None:
+        return
+    with checkpoint.as_directory() as folder:
+        for file in Path(folder).iterdir():
+            target = run_dir / ("checkpoints" if file.suffix == ".pt" else "") / file.name
+            if not target.exists():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(file, target)
+
+
+def history_to_resume(run_dir: Path) -> list[dict[str, Any]]:
+    """The epochs a resumed run keeps: metrics.csv rows up to the newest checkpoint."""
+    checkpoints = sorted((run_dir / "checkpoints").glob("epoch-*.pt"))
+    metrics = run_dir / "metrics.csv"
+    if not checkpoints or not metrics.exists():
+        return []
+    last = max(int(p.stem[6:10]) for p in checkpoints)
+    with metrics.open() as file:
+        rows = [{k: _number(v) for k, v in row.items() if v != ""} for row in csv.DictReader(file)]
+    return [row for row in rows if row["epoch"] <= last]
+
+
+def _number(text: str) -> int | float | str:
+    for kind in (int, float):
+        with contextlib.suppress(ValueError):
+            return kind(text)
+    return text
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+# ----------------------------------------------------------------------------- W&B
+
+
+def wandb_mode(configured: str) -> str:
+    """online, offline or disabled: ``auto`` is online when an API key is configured, else offline."""
+    if configured != "auto":
+        return configured
+    env = os.environ.get("WANDB_MODE", "").lower()
+    if env in ("online", "offline", "disabled"):
+        return env
+    if env == "dryrun":
+        return "offline"
+    return "online" if wandb_key_configured() else "offline"
+
+
+def wandb_key_configured() -> bool:
+    """Whether WANDB_API_KEY is set or ``wandb login`` stored a key in the netrc file (never read out)."""
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return True
+    host = urlsplit(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or ""
+    path = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    try:
+        return netrc.netrc(path).authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+class _WandbActor(_WandbLoggingActor):
+    def run(self) -> None:
+        super().run()
+        # Stop W&B's service before Ray ends this actor; otherwise its atexit hook prints a traceback.
+        self._wandb.teardown()
+
+
+class StudyWandb(WandbLoggerCallback):
+    """Ray's W&B logger: one run per trial, grouped by study, tagged with its schedule.
+
+    The run's config is the trial's sampled dict (flat dotted keys and ``train.seed``); every
+    reported epoch is logged. Runs are logged from the driver machine, in DIR/wandb.
+    """
+
+    _logger_actor_cls = _WandbActor
+
+    def __init__(self, space: SearchSpace, out: Path, mode: str):
+        settings = config_from_dict(space.base).wandb
+        quiet = {"console": "off", "silent": True, "x_disable_machine_info": True}
+        super().__init__(
+            project=settings.project,
+            group=space.name,
+            excludes=["config"],
+            entity=settings.entity,
+            dir=str(out),
+            mode=mode,
+            job_type="trial",
+            settings=quiet,
+        )
+        self.space = space
+        self.tags = list(settings.tags)
+
+    def log_trial_start(self, trial: Any) -> None:
+        sampled = trial_params(trial.config, self.space.seeds)
+        schedule = sampled.get(SCHEDULE_KEY, self.space.schedules[0])
+        self._start_logging_actor(
+            trial,
+            [*self._exclude_results, *self.excludes],
+            id=trial.trial_id,
+            name=f"{schedule}-{trial.trial_id}",
+            project=self.project,
+            group=self.group,
+            resume="allow",
+            allow_val_change=True,
+            config=sampled,
+            tags=[schedule, *self.tags],
+            **self.kwargs,
+        )
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        # An interrupted sweep stops its running trials without ending their W&B runs: end them here,
+        # or Ray waits upload_timeout (30 min) for runs that never finish.
+        for trial in list(self._trial_queues):
+            self._signal_logging_actor_stop(trial)
+        super().on_experiment_end(trials, **info)
+
+    def log_trial_result(self, iteration: int, trial: Any, result: dict) -> None:
+        # Ray merges result["config"] into the W&B config; keep it the sampled dict set at the start.
+        super().log_trial_result(iteration, trial, {k: v for k, v in result.items() if k != "config"})
+
+
+# ----------------------------------------------------------------------------- results.csv, epochs.csv
+
+
+class StudyRecorder(Callback):
+    """Ray Tune callback that keeps every reported epoch and writes results.csv and epochs.csv.
+
+    Its state is saved with Ray's experiment checkpoint, so ``--resume`` continues the same tables;
+    epochs a restored trial repeats replace the earlier rows.
+    """
+
+    def __init__(self, out: Path, space: SearchSpace):
+        self.out = Path(out)
+        self.space = space
+        self.epochs: dict[str, dict[int, dict[str, Any]]] = {}
+        self.configs: dict[str, dict[str, Any]] = {}
+        self.ended: dict[str, str] = {}  # trial id -> TERMINATED or ERROR, from the hooks
+        self.written = 0.0
+
+    def get_state(self) -> dict[str, Any]:
+        return {"epochs": self.epochs, "configs": self.configs, "ended": self.ended}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.epochs, self.configs, self.ended = state["epochs"], state["configs"], state["ended"]
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.ended.pop(trial.trial_id, None)
+        self.configs[trial.trial_id] = dict(trial.config)
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        row = epoch_row(result, self.space.tune.metric)
+        self.epochs.setdefault(trial.trial_id, {})[row["epoch"]] = row
+        if time.monotonic() - self.written > WRITE_EVERY_S:
+            self.write(trials)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.ended[trial.trial_id] = "TERMINATED"
+        self.write(trials)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.ended[trial.trial_id] = "ERROR"
+        self.write(trials)
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self.write(trials)
+
+    def write(self, trials: list) -> None:
+        """Rewrite both tables atomically."""
+        statuses = {}
+        for trial in trials:
+            self.configs.setdefault(trial.trial_id, dict(trial.config))
+            statuses[trial.trial_id] = self.ended.get(trial.trial_id, trial.status)
+        write_tables(self.out, self.space, self.configs, self.epochs, statuses)
+        self.written = time.monotonic()
+
+
+def epoch_row(result: dict[str, Any], metric: str) -> dict[str, Any]:
+    """One epochs.csv row from a Tune result: the trainer's record, validation metrics where computed."""
+    from ray.tune.result import AUTO_RESULT_KEYS
+
+    dropped = {*AUTO_RESULT_KEYS, "trial_id", "done", "experiment_tag", "should_checkpoint"}
+    row = {k: v for k, v in result.items() if k not in dropped and not k.startswith("best_")}
+    if not row.get("validated"):
+        prefix = metric.split("_")[0]
+        row = {k: v for k, v in row.items() if not k.startswith(f"{prefix}_")}
+    return row
+
+
+def trial_status(ray_status: str, rows: list[dict[str, Any]]) -> str:
+    """finished, stopped (by ASHA), diverged, error, or Ray's running/pending/paused."""
+    if rows and rows[-1].get("diverged"):
+        return "diverged"
+    if ray_status == "ERROR":
+        return "error"
+    if ray_status == "TERMINATED":
+        planned = rows[-1].get("epochs_planned") if rows else None
+        return "finished" if planned is not None and len(rows) >= planned else "stopped"
+    return ray_status.lower()
+
+
+def write_tables(
+    out: Path,
+    space: SearchSpace,
+    configs: dict[str, dict[str, Any]],
+    epochs: dict[str, dict[int, dict[str, Any]]],
+    statuses: dict[str, str],
+) -> None:
+    """Write results.csv (one row per trial) and epochs.csv (one row per trial and epoch)."""
+    prefix = space.tune.metric.split("_")[0]
+    keys = [k for k in space.searched_keys() if k != SCHEDULE_KEY]
+    results, all_epochs = [], []
+    for trial_id, config in configs.items():
+        sampled = trial_params(config, space.seeds)
+        schedule = sampled.get(SCHEDULE_KEY, space.schedules[0])
+        rows = [epochs.get(trial_id, {})[e] for e in sorted(epochs.get(trial_id, {}))]
+        who = {"trial_id": trial_id, "schedule": schedule, "seed": sampled[SEED_KEY]}
+        all_epochs += [{**who, **row} for row in rows]
+        status = trial_status(statuses.get(trial_id, "PENDING"), rows)
+        results.append(
+            {
+                "trial_id": trial_id,
+                "schedule": schedule,
+                **{key: sampled.get(key) for key in keys},
+                "seed": sampled[SEED_KEY],
+                "status": status,
+                **trial_summary(rows, prefix),
+                "run_dir": f"trials/{trial_id}",
+            }
+        )
+    atomic_write_csv(out / "results.csv", results)
+    atomic_write_csv(out / "epochs.csv", all_epochs, _epoch_columns(all_epochs))
+
+
+def trial_summary(rows: list[dict[str, Any]], prefix: str) -> dict[str, Any]:
+    """Epochs done, best and final validation mAP and rank-1 of one trial's epoch rows."""
+    done = [r for r in rows if not r.get("diverged")]
+    validated = [r for r in done if r.get(f"{prefix}_mAP") is not None]
+    best = max(validated, key=lambda r: r[f"{prefix}_mAP"]) if validated else {}
+    final = validated[-1] if validated else {}
+    return {
+        "epochs": len(done),
+        "epochs_planned": rows[-1].get("epochs_planned") if rows else None,
+        "periods_done": done[-1].get("periods_done") if done else 0,
+        f"best_{prefix}_mAP": best.get(f"{prefix}_mAP"),
+        "best_epoch": best.get("epoch"),
+        f"best_{prefix}_rank1": best.get(f"{prefix}_rank1"),
+        f"final_{prefix}_mAP": final.get(f"{prefix}_mAP"),
+        f"final_{prefix}_rank1": final.get(f"{prefix}_rank1"),
+        "final_loss": done[-1].get("loss") if done else None,
+        "train_seconds": sum(r.get("seconds", 0.0) for r in done),
+    }
+
+
+def _epoch_columns(rows: list[dict[str, Any]]) -> list[str]:
+    first = ["trial_id", "schedule", "seed", "epoch", "period", "periods_done", "validated", "loss"]
+    seen = list(dict.fromkeys(k for row in rows for k in row))
+    return first + [k for k in seen if k not in first]
+
+
+# ----------------------------------------------------------------------------- the study
+
+
+def check_study_dir(out: Path, space: SearchSpace, resume: bool) -> bool:
+    """Refuse a folder holding another study (or this one without --resume); True when Ray can restore it."""
+    marker = out / "study.yaml"
+    if marker.exists():
+        saved = read_yaml(marker)
+        if not resume:
+            raise UserError(
+                f"{out} already holds the study {saved.get('_name', '?')!r}; "
+                "pass --resume to continue it or choose another --out"
+            )
+        if {k: v for k, v in saved.items() if k != "_name"} != space.source:
+            sections = sorted({*saved, *space.source} - {"_name"})
+            differ = [s for s in sections if saved.get(s) != space.source.get(s)]
+            raise UserError(
+                f"{out} holds a different study (section {', '.join(differ)} differs); resume with the same "
+                "search space and --set options, or choose another --out"
+            )
+        return (out / EXPERIMENT / "tuner.pkl").exists()
+    if resume:
+        raise UserError(f"{out} holds no study to resume; run without --resume to start one")
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"{out} is not empty and holds no study; choose another --out")
+    return False
+
+
+def check_data(config: RunConfig) -> None:
+    """Generate the synthetic data set once, or check that the data set's files are where the config says."""
+    from study.data import read_dataset, validation_split
+    from study.data.synthesize import synthesize, synthetic_name
+
+    data = config.data
+    if data.root == "synthetic":
+        params = data.synthetic
+        root = Path(data.synthetic_dir) / synthetic_name(params.identities, params.cameras, params.seed)
+        if not root.is_dir():
+            print(f"generating the synthetic data set in {root}")
+            synthesize(root, params.identities, params.cameras, params.seed)
+        return
+    if not Path(data.root).exists():
+        raise UserError(
+            f"data.root {data.root!r} does not exist; download the data set there, "
+            "or point data.root at it (--set data.root=PATH)"
+        )
+    dataset = read_dataset(data.root, data.format)
+    if data.evaluate_on == "val":
+        validation_split(dataset.train, data.val_identities, data.split_seed)
+
+
+def check_resources(tune_settings: TuneSettings, machines: list[dict[str, float]]) -> None:
+    """Refuse per-trial resources that no machine of the Ray cluster can ever give (a trial runs on one).
+
+    >>> check_resources(TuneSettings("val_mAP", gpu=1), [{"CPU": 16.0}])  # UserError: no GPU
+    """
+    for name, key, asked in (("cpu", "CPU", tune_settings.cpu), ("gpu", "GPU", tune_settings.gpu)):
+        most = max((machine.get(key, 0) for machine in machines), default=0)
+        if asked > most:
+            where = "the Ray cluster's largest machine has" if len(machines) > 1 else "this Ray machine has"
+            raise UserError(
+                f"tune.resources.{name}={asked:g} per trial, but {where} {most:g} {key}s; "
+                f"lower tune.resources.{name} (--set tune.resources.{name}=...) or add machines"
+            )
+
+
+@cli
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m study.sweep",
+        description="Run a study: Ray Tune trials, Optuna TPE, W&B logging.",
+        epilog="The search-space format is described in study/sweep.py and atop search_spaces/*.yaml.",
+    )
+    parser.add_argument("search_space", help="search-space YAML: a run config plus search and tune sections")
+    parser.add_argument("--out", help="study folder (default runs/<search-space name>)")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. tune.num_samples=4"
+    )
+    parser.add_argument(
+        "--address", help="join this Ray cluster (e.g. auto, or HOST:6379) instead of starting a local one"
+    )
+    parser.add_argument("--resume", action="store_true", help="continue the study in --out")
+    args = parser.parse_args(argv)
+
+    space = load_search_space(args.search_space, args.set)
+    out = Path(args.out or Path("runs") / space.name).resolve()
+    restore = check_study_dir(out, space, args.resume)
+    base = config_from_dict(space.base)
+    check_data(base)
+    mode = wandb_mode(base.wandb.mode)
+    if mode == "offline" and base.wandb.mode == "auto":
+        print(f"W&B: no API key configured; logging offline to {out}/wandb (upload later with `wandb sync`)")
+    print(describe(space))
+    statuses = run_study(space, out, args.address, restore, mode)
+    print(summary_line(statuses))
+    print(f"wrote {out}/results.csv and {out}/epochs.csv; next: python -m study.report {out}")
+    if "interrupted" in statuses or len(statuses) < space.num_trials:
+        print(f"interrupted; continue with: python -m study.sweep {args.search_space} --out {out} --resume")
+        raise SystemExit(130)
+
+
+def run_study(space: SearchSpace, out: Path, address: str | None, restore: bool, mode: str) -> list[str]:
+    """Start or join Ray, run (or restore) the Tuner, and return every trial's status."""
+    import ray
+
+    started = not ray.is_initialized()
+    scratch = out / ".tmp"
+    if started:
+        init_ray(address, scratch)
+    try:
+        check_resources(space.tune, [node["Resources"] for node in ray.nodes() if node["Alive"]])
+        os.environ["WANDB_MODE"] = mode  # Ray's W&B callback asks for an API key unless this says offline
+        tuner = make_tuner(space, out, mode, restore)
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the CLIReporter table instead of Ray's new output
+        # Keeping one checkpoint per trial snapshots the experiment at every period end; that is intended.
+        os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+        tuner.fit()
+    finally:
+        if started:
+            ray.shutdown()
+            shutil.rmtree(scratch, ignore_errors=True)
+    return mark_interrupted(out)
+
+
+def mark_interrupted(out: Path) -> list[str]:
+    """Mark trials that Ray's last snapshot holds unfinished as ``interrupted``; return every status.
+
+    An interrupted sweep stops its running trials (so they look stopped); ``--resume`` continues them.
+    """
+    from ray.tune import ExperimentAnalysis
+
+    if not (out / "results.csv").exists():
+        return []
+    saved = {t.trial_id: t.status for t in ExperimentAnalysis(str(out / EXPERIMENT)).trials}
+    with (out / "results.csv").open() as file:
+        rows = list(csv.DictReader(file))
+    for row in rows:
+        unfinished = saved.get(row["trial_id"]) not in (None, "TERMINATED", "ERROR")
+        if unfinished and row["status"] not in ("finished", "diverged"):
+            row["status"] = "interrupted"
+    atomic_write_csv(out / "results.csv", rows)
+    return [row["status"] for row in rows]
+
+
+def init_ray(address: str | None, scratch: Path) -> None:
+    """Join ``address`` (or RAY_ADDRESS), or start a local Ray without its dashboard.
+
+    Ray's workers get this project on PYTHONPATH and keep temporary files in ``scratch``: Ray kills
+    them at the end, and W&B's temporary folders would otherwise pile up in /tmp.
+    """
+    import ray
+
+    address = address or os.environ.get("RAY_ADDRESS")
+    root = str(Path(__file__).resolve().parent.parent)
+    # The project, the working directory and PYTHONPATH: where plug-in schedules (module:Class) live.
+    paths = [root, os.getcwd(), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    scratch.mkdir(parents=True, exist_ok=True)
+    env_vars = {"PYTHONPATH": os.pathsep.join(dict.fromkeys(paths)), "TMPDIR": str(scratch)}
+    runtime_env = {"env_vars": env_vars}
+    if address:
+        ray.init(address=address, runtime_env=runtime_env)
+    else:
+        ray.init(include_dashboard=False, runtime_env=runtime_env)
+
+
+def make_tuner(space: SearchSpace, out: Path, mode: str, restore: bool) -> Any:
+    """A new Tuner (OptunaSearch in a Repeater over the seeds, ASHA on periods), or the restored one."""
+    from ray import tune
+
+    context = TrialContext(space, str(out))
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, context=context), {"cpu": space.tune.cpu, "gpu": space.tune.gpu}
+    )
+    if restore:
+        path = str(out / EXPERIMENT)
+        return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
+    marker = yaml.safe_dump({"_name": space.name, **space.source}, sort_keys=False)
+    atomic_write_text(out / "study.yaml", marker)
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            metric=space.tune.metric,
+            mode=space.tune.mode,
+            search_alg=make_searcher(space, out),
+            scheduler=make_scheduler(space),
+            num_samples=space.num_trials,
+            max_concurrent_trials=space.tune.max_concurrent,
+            trial_dirname_creator=trial_dirname,
+        ),
+        run_config=tune.RunConfig(
+            name=EXPERIMENT,
+            storage_path=str(out),
+            callbacks=make_callbacks(space, out, mode),
+            progress_reporter=make_reporter(space),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            verbose=1,
+        ),
+    )
+
+
+def make_callbacks(space: SearchSpace, out: Path, mode: str) -> list:
+    """The results tables, and W&B unless it is disabled."""
+    callbacks: list = [StudyRecorder(out, space)]
+    if mode != "disabled":
+        callbacks.append(StudyWandb(space, out, mode))
+    return callbacks
+
+
+def make_searcher(space: SearchSpace, out: Path) -> Any:
+    """OptunaSearch (TPE, study in DIR/optuna.db) in a Repeater that runs each configuration per seed."""
+    import optuna
+    from ray.tune.search import Repeater
+    from ray.tune.search.optuna import OptunaSearch
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    settings = space.tune
+    searcher = OptunaSearch(
+        space=Suggest(space),
+        metric=settings.metric,
+        mode=settings.mode,
+        points_to_evaluate=balanced_schedules(space) or None,
+        sampler=optuna.samplers.TPESampler(seed=settings.seed, n_startup_trials=settings.startup_trials),
+        study_name=space.name,
+        storage=optuna.storages.RDBStorage(f"sqlite:///{out / 'optuna.db'}"),
+    )
+    return Repeater(searcher, repeat=len(space.seeds), set_index=True)
+
+
+def make_scheduler(space: SearchSpace) -> Any:
+    """ASHA with time measured in completed periods (rungs on period ends), or FIFO."""
+    from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
+
+    asha = space.tune.asha
+    if asha is None:
+        return FIFOScheduler()
+    return AsyncHyperBandScheduler(
+        time_attr="periods_done",
+        max_t=ASHA_MAX_PERIODS,
+        grace_period=asha.grace_periods,
+        reduction_factor=asha.reduction_factor,
+    )
+
+
+def make_reporter(space: SearchSpace) -> Any:
+    """Ray's CLIReporter with the schedule, the tuned values, epoch, periods, metric and loss."""
+    from ray.tune import CLIReporter
+
+    parameters = {
+        key: "schedule" if key == SCHEDULE_KEY else key.removeprefix("schedule.")
+        for key in space.tuned_keys()
+    }
+    if len(space.seeds) > 1:
+        parameters[TRIAL_INDEX] = "seed#"
+    metric = space.tune.metric
+    return CLIReporter(
+        parameter_columns=parameters,
+        metric_columns={"epoch": "epoch", "periods_done": "periods", metric: metric, "loss": "loss"},
+        sort_by_metric=True,
+        max_report_frequency=30,
+    )
+
+
+def trial_dirname(trial: Any) -> str:
+    """Ray's folder for a trial: its id."""
+    return trial.trial_id
+
+
+def describe(space: SearchSpace) -> str:
+    """``study demo: 6 trials (3 configurations x 2 seeds); epochs per trial: finetune 9, ...``."""
+    from schedules import build_schedule
+
+    epochs = []
+    for schedule in space.schedules:
+        data = space.base_for(schedule)
+        for param in space.params_for(schedule):
+            if param.fixed:
+                set_dotted(data, param.key, param.args[0])
+        tuned = any(not p.fixed and p.schedule_param for p in space.params_for(schedule))
+        total = build_schedule(config_from_dict(data).schedule).total_epochs
+        epochs.append(f"{schedule} {total}{' at the base values' if tuned else ''}")
+    return (
+        f"study {space.name}: {space.num_trials} trials ({space.tune.num_samples} configurations x "
+        f"{len(space.seeds)} seeds); epochs per trial: {', '.join(epochs)}"
+    )
+
+
+def summary_line(statuses: list[str]) -> str:
+    """``8 trials: 5 finished, 2 stopped, 1 diverged``."""
+    counts = {s: statuses.count(s) for s in dict.fromkeys(statuses)}
+    return f"{len(statuses)} trials: " + ", ".join(f"{n} {s}" for s, n in counts.items())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

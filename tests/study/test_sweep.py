@@ -1,0 +1,486 @@
+"""Sweeps: search-space validation (no Ray), the trial's reporting, and one small real Ray Tune study."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import math
+import os
+import shutil
+import sqlite3
+import tempfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+import study.sweep as sweep
+from study.errors import UserError
+
+# A small valid search space; each bad case below changes one thing in it.
+VALID = {
+    "schedule": {"name": "incremental_rollback", "periods": 2, "period_epochs": 1},
+    "search": {
+        "schedules": ["finetune", "incremental_rollback"],
+        "seeds": [0, 1],
+        "params": {
+            "schedule.lr": {"loguniform": [1.0e-3, 1.0e-1]},
+            "schedule.retained_lr": {"uniform": [1.0e-4, 1.0e-2]},
+            "train.batch_size": {"choice": [16, 32]},
+            "schedule.head_lr": 0.1,
+        },
+        "when": {"finetune": {"schedule.epochs": {"int": [1, 3]}}},
+    },
+    "tune": {"num_samples": 4, "resources": {"cpu": 1, "gpu": 0}, "asha": {"grace_periods": 1}},
+}
+
+
+def changed(path: str, value) -> dict:
+    """VALID with the dotted ``path`` set to ``value`` (None deletes it)."""
+    data = copy.deepcopy(VALID)
+    *parents, leaf = path.split(".")
+    node = data
+    for part in parents:
+        node = node.setdefault(part, {})
+    if value is None:
+        del node[leaf]
+    else:
+        node[leaf] = value
+    return data
+
+
+def params_with(key: str, spec) -> dict:
+    data = copy.deepcopy(VALID)
+    data["search"]["params"][key] = spec
+    return data
+
+
+BAD = [
+    (changed("search.sedes", [0]), "unknown key search.sedes (did you mean 'seeds'?)"),
+    (changed("tune.num_sample", 3), "unknown key tune.num_sample (did you mean 'num_samples'?)"),
+    (
+        params_with("schedule.lr", {"uniform": [0.1, 0.01]}),
+        "search.params.schedule.lr: uniform needs low < high",
+    ),
+    (params_with("schedule.lr", {"loguniform": [0.0, 0.1]}), "loguniform needs bounds > 0, got [0.0, 0.1]"),
+    (
+        params_with("schedule.lr", {"unifrom": [0.1, 0.2]}),
+        "unknown distribution 'unifrom' (did you mean 'uniform'?)",
+    ),
+    (params_with("schedule.periods", {"int": [1.5, 3]}), "int needs whole-number bounds"),
+    (params_with("train.batch_size", {"choice": []}), "choice needs a non-empty list"),
+    (params_with("train.batchsize", 16), "unknown config key 'train.batchsize' (did you mean 'batch_size'?)"),
+    (params_with("trian.batch_size", 16), "unknown config key 'trian' (did you mean 'train'?)"),
+    (params_with("data.synthetic", 3), "'data.synthetic' is a section"),
+    (params_with("schedule.retaind_lr", 0.1), "has a parameter 'retaind_lr' (did you mean 'retained_lr'?)"),
+    (params_with("schedule.name", "base_cy"), "list the compared schedules in search.schedules instead"),
+    (params_with("train.seed", 3), "list the seeds in search.seeds instead"),
+    (
+        changed("search.schedules", ["finetune", "incremental_rolback"]),
+        "unknown schedule 'incremental_rolback'",
+    ),
+    (changed("search.seeds", []), "search.seeds must be a non-empty list of integers"),
+    (changed("search.when", {"base_cy": {"schedule.lr": 0.1}}), "unknown compared schedule 'base_cy'"),
+    (
+        changed("search.when", {"finetune": {"schedule.retained_lr": 0.1}}),
+        "schedule 'finetune' has no parameter 'retained_lr'",
+    ),
+    (changed("search.when", {"finetune": {"schedule.lr": 0.1}}), "is also in search.params"),
+    (changed("tune.metric", "val_map"), "unknown metric 'val_map' (did you mean 'val_mAP'?)"),
+    (changed("tune.mode", "maximize"), "tune.mode must be max or min"),
+    (changed("tune.num_samples", 1), "tune.num_samples=1 is fewer than the 2 compared schedules"),
+    (changed("tune.resources", {"gpus": 1}), "unknown key tune.resources.gpus (did you mean 'gpu'?)"),
+    (changed("tune.resources", {"gpu": 1.5}), "gpu above 1 must be a whole number"),
+    (changed("tune.resources", {"cpu": 0}), "tune.resources.cpu must be a positive number"),
+    (changed("tune.asha", {"reduction_factor": 1}), "reduction_factor must be a number > 1"),
+    (
+        params_with("train.batch_size", {"choice": [16, "big"]}),
+        "train.batch_size must be an integer, got 'big'",
+    ),
+    (params_with("schedule.lr", {"uniform": [-0.1, 0.1]}), "schedule.lr=-0.1 with schedule finetune"),
+    (changed("schedule.period_epochs", 0), "the base config with schedule incremental_rollback"),
+]
+
+
+@pytest.mark.parametrize(("data", "message"), BAD, ids=[m[:40] for _, m in BAD])
+def test_bad_search_space_is_one_line_user_error(data, message):
+    with pytest.raises(UserError) as error:
+        sweep.parse_search_space(data, "bad")
+    assert message in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_valid_search_space_drops_parameters_a_schedule_lacks():
+    space = sweep.parse_search_space(copy.deepcopy(VALID), "ok")
+    assert space.num_trials == 8
+    finetune = [p.key for p in space.params_for("finetune")]
+    rollback = [p.key for p in space.params_for("incremental_rollback")]
+    assert "schedule.retained_lr" not in finetune and "schedule.epochs" in finetune
+    assert "schedule.retained_lr" in rollback and "schedule.epochs" not in rollback
+    assert space.tuned_keys() == [
+        "schedule.name",
+        "schedule.lr",
+        "schedule.retained_lr",
+        "train.batch_size",
+        "schedule.epochs",
+    ]
+
+
+def test_run_config_switches_schedule_and_keeps_only_its_base_parameters():
+    space = sweep.parse_search_space(copy.deepcopy(VALID), "ok")
+    config = space.run_config(
+        {"schedule.name": "finetune", "schedule.lr": 0.02, "schedule.epochs": 2, "train.seed": 1}
+    )
+    assert config.schedule == {"name": "finetune", "lr": 0.02, "epochs": 2}
+    assert config.train.seed == 1 and config.train.progress is False
+    config = space.run_config(
+        {"schedule.name": "incremental_rollback", "train.batch_size": 32, "train.seed": 0}
+    )
+    assert config.schedule == {"name": "incremental_rollback", "periods": 2, "period_epochs": 1}
+    assert config.train.batch_size == 32
+
+
+def test_optuna_define_by_run_samples_only_the_schedules_parameters():
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    space = sweep.parse_search_space(copy.deepcopy(VALID), "ok")
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for point in sweep.balanced_schedules(space):
+        study.enqueue_trial(point)
+    suggest = sweep.Suggest(space)
+    seen = []
+    for _ in range(4):
+        trial = study.ask()
+        fixed = suggest(trial)
+        seen.append(trial.params["schedule.name"])
+        assert fixed == {"schedule.head_lr": 0.1}
+        if trial.params["schedule.name"] == "finetune":
+            assert "schedule.retained_lr" not in trial.params and 1 <= trial.params["schedule.epochs"] <= 3
+        else:
+            assert (
+                1e-4 <= trial.params["schedule.retained_lr"] <= 1e-2 and "schedule.epochs" not in trial.params
+            )
+        assert 1e-3 <= trial.params["schedule.lr"] <= 1e-1
+    assert seen == ["finetune", "incremental_rollback"] * 2
+
+
+def test_env_expansion_and_missing_variable(monkeypatch):
+    monkeypatch.setenv("REID_TEST_ROOT", "/data/market")
+    assert sweep.expand_env({"data": {"root": "${REID_TEST_ROOT}/v1"}}) == {
+        "data": {"root": "/data/market/v1"}
+    }
+    monkeypatch.delenv("REID_TEST_ROOT")
+    with pytest.raises(UserError, match=r"data.root uses \$\{REID_TEST_ROOT\}, which is not set; export"):
+        sweep.expand_env({"data": {"root": "${REID_TEST_ROOT}"}})
+
+
+def test_shipped_search_spaces_load(monkeypatch):
+    folder = Path(__file__).resolve().parents[2] / "search_spaces"
+    monkeypatch.delenv("MARKET1501_ROOT", raising=False)
+    demo = sweep.load_search_space(folder / "demo.yaml")
+    assert demo.schedules == ("finetune", "incremental_rollback", "base_cy")
+    assert demo.base["model"]["weights"] == "packaged" and demo.tune.gpu == 0
+    with pytest.raises(UserError, match="MARKET1501_ROOT"):
+        sweep.load_search_space(folder / "periods.yaml")
+    monkeypatch.setenv("MARKET1501_ROOT", "/data/Market-1501")
+    periods = sweep.load_search_space(folder / "periods.yaml")
+    assert periods.base["data"]["root"] == "/data/Market-1501" and periods.tune.gpu > 0
+    schedules = sweep.load_search_space(folder / "schedules.yaml")
+    from schedules import registered
+
+    assert set(schedules.schedules) == set(registered())
+    budgets = sweep.describe(schedules).split("epochs per trial: ")[1].split(", ")
+    assert budgets == [f"{name} 40" for name in schedules.schedules]  # the same epoch budget each
+
+
+def test_missing_data_set_is_one_line_error(tmp_path):
+    config = sweep.config_from_dict({"data": {"root": str(tmp_path / "Market-1501")}})
+    with pytest.raises(UserError, match="does not exist; download the data set there"):
+        sweep.check_data(config)
+
+
+def test_resources_no_machine_has_are_refused():
+    settings = sweep.TuneSettings(metric="val_mAP", cpu=1, gpu=1)
+    with pytest.raises(UserError, match=r"gpu=1 per trial, but this Ray machine has 0 GPUs"):
+        sweep.check_resources(settings, [{"CPU": 2.0}])
+    two_small = [{"CPU": 2.0}, {"CPU": 2.0}]  # 4 CPUs in all, but a trial runs on one machine
+    with pytest.raises(UserError, match=r"cpu=4 per trial, but the Ray cluster's largest machine has 2 CPUs"):
+        sweep.check_resources(sweep.TuneSettings(metric="val_mAP", cpu=4), two_small)
+    sweep.check_resources(sweep.TuneSettings(metric="val_mAP", cpu=2, gpu=0.25), [{"CPU": 2.0, "GPU": 1.0}])
+
+
+def test_cli_exits_2_with_one_line(tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(params_with("schedule.lr", {"loguniform": [0.1, 0.01]})))
+    with pytest.raises(SystemExit) as exit_info:
+        sweep.main([str(path), "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(
+        "error: search.params.schedule.lr: loguniform needs low < high"
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_study_folder_is_refused_unless_resuming_the_same_study(tmp_path):
+    space = sweep.parse_search_space(copy.deepcopy(VALID), "ok")
+    with pytest.raises(UserError, match="holds no study to resume"):
+        sweep.check_study_dir(tmp_path, space, resume=True)
+    (tmp_path / "other.txt").write_text("x")
+    with pytest.raises(UserError, match="is not empty and holds no study"):
+        sweep.check_study_dir(tmp_path, space, resume=False)
+    (tmp_path / "other.txt").unlink()
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump({"_name": "ok", **space.source}))
+    with pytest.raises(UserError, match="already holds the study 'ok'; pass --resume"):
+        sweep.check_study_dir(tmp_path, space, resume=False)
+    assert sweep.check_study_dir(tmp_path, space, resume=True) is False  # no Ray experiment yet
+    other = sweep.parse_search_space(changed("tune.num_samples", 2), "ok")
+    with pytest.raises(UserError, match="holds a different study \\(section tune differs\\)"):
+        sweep.check_study_dir(tmp_path, other, resume=True)
+
+
+class FakeTune:
+    """Stands in for ray.tune in the reporter: records reports and the checkpoint folder's files."""
+
+    def __init__(self):
+        self.reports = []
+
+    def report(self, metrics, checkpoint=None):
+        files = sorted(p.name for p in Path(checkpoint.path).iterdir()) if checkpoint else None
+        self.reports.append((metrics, files))
+
+
+def test_reporter_carries_the_metric_forward_and_counts_periods(tmp_path, monkeypatch):
+    import ray.tune
+
+    from schedules import build_schedule
+
+    fake = FakeTune()
+    monkeypatch.setattr(ray.tune, "report", fake.report)
+    plan = build_schedule({"name": "incremental_rollback", "periods": 2, "period_epochs": 2}).plan()
+    run_dir = tmp_path / "trial"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    for name in ("config.yaml", "metrics.csv"):
+        (run_dir / name).write_text("x")
+    reporter = sweep.EpochReporter(plan, sweep.TuneSettings(metric="val_mAP"), run_dir)
+    for epoch, value in [(1, None), (2, 0.3), (3, None), (4, 0.5)]:
+        record = {"epoch": epoch, "period": (epoch + 1) // 2, "loss": 1.0}
+        if value is not None:
+            record["val_mAP"] = value
+        checkpoint = None
+        if epoch % 2 == 0:
+            checkpoint = run_dir / "checkpoints" / f"epoch-{epoch:04d}.pt"
+            checkpoint.write_bytes(b"weights")
+        reporter(record, checkpoint)
+    metrics = [m for m, _ in fake.reports]
+    assert [m["val_mAP"] for m in metrics] == [0.0, 0.3, 0.3, 0.5]
+    assert [m["validated"] for m in metrics] == [False, True, False, True]
+    assert [m["periods_done"] for m in metrics] == [0, 1, 1, 2]
+    assert [files for _, files in fake.reports] == [
+        None,
+        ["config.yaml", "epoch-0002.pt", "metrics.csv"],
+        None,
+        ["config.yaml", "epoch-0004.pt", "metrics.csv"],
+    ]
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["epoch-0004.pt"]
+    assert not (run_dir / ".to-tune").exists()
+
+    reporter.report_divergence("training loss became nan in epoch 5")
+    last = fake.reports[-1][0]
+    assert last["diverged"] is True and last["val_mAP"] == 0.0 and math.isnan(last["loss"])
+
+
+def test_trial_status():
+    assert sweep.trial_status("TERMINATED", [{"epochs_planned": 2}] * 2) == "finished"
+    assert sweep.trial_status("TERMINATED", [{"epochs_planned": 4}] * 2) == "stopped"
+    assert sweep.trial_status("TERMINATED", [{"epochs_planned": 4}, {"diverged": True}]) == "diverged"
+    assert sweep.trial_status("ERROR", [{"epochs_planned": 4}]) == "error"
+    assert sweep.trial_status("PENDING", []) == "pending"
+
+
+# ----------------------------------------------------------------------------- one real study
+
+TINY_STUDY = """
+model: {{backbone: mobilenet_v2, weights: packaged}}
+data:
+  root: synthetic
+  synthetic_dir: {synthetic_dir}
+  synthetic: {{identities: 32, cameras: 3, seed: 0}}
+  height: 64
+  width: 32
+  val_identities: 6
+train: {{batch_size: 16, eval_batch_size: 64}}
+schedule: {{name: incremental_rollback, periods: 2, period_epochs: 1}}
+wandb: {{mode: offline, project: rollback-study-tests}}
+search:
+  schedules: [finetune, incremental_rollback]
+  seeds: [0, 1]
+  params:
+    schedule.lr: {{loguniform: [5.0e-3, 2.0e-2]}}
+  when:
+    finetune: {{schedule.epochs: 1, schedule.head_lr: 1.0e+6}}   # diverges in its first epoch
+tune:
+  num_samples: 2
+  max_concurrent: 2
+  resources: {{cpu: 1, gpu: 0}}
+  asha: {{grace_periods: 1, reduction_factor: 2}}
+"""
+
+
+@pytest.fixture(scope="module")
+def study_dir(tmp_path_factory, synthetic_dir):
+    """Run the tiny study once (Ray local on 2 CPUs, W&B offline, everything under tmp)."""
+    import ray
+
+    tmp = tmp_path_factory.mktemp("sweep")
+    ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths have a length limit
+    space = tmp / "tiny.yaml"
+    space.write_text(TINY_STUDY.format(synthetic_dir=synthetic_dir))
+    out = tmp / "study"
+    cwd_before = set(os.listdir("."))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RAY_AUTH_MODE", "disabled")
+        patch.setenv("TMPDIR", str(tmp))  # Ray's workers inherit it: W&B's temporary folders land here
+        for name in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
+            patch.setenv(name, str(tmp / name.lower()))
+        ray.init(num_cpus=2, include_dashboard=False, _temp_dir=ray_tmp, logging_level="WARNING")
+        try:
+            sweep.main([str(space), "--out", str(out)])
+            yield out, space
+        finally:
+            ray.shutdown()
+            shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert set(os.listdir(".")) == cwd_before  # nothing written into the working directory
+
+
+def _csv(path):
+    with open(path) as file:
+        return list(csv.DictReader(file))
+
+
+def test_results_csv_has_one_row_per_trial_with_statuses(study_dir):
+    out, _ = study_dir
+    rows = _csv(out / "results.csv")
+    assert len(rows) == 4
+    for column in (
+        "trial_id",
+        "schedule",
+        "schedule.lr",
+        "schedule.epochs",
+        "schedule.head_lr",
+        "seed",
+        "status",
+    ):
+        assert column in rows[0]
+    for column in ("epochs", "best_val_mAP", "best_val_rank1", "final_val_mAP", "final_val_rank1"):
+        assert column in rows[0]
+    by_schedule = {s: [r for r in rows if r["schedule"] == s] for s in ("finetune", "incremental_rollback")}
+    assert sorted(r["seed"] for r in by_schedule["finetune"]) == ["0", "1"]
+    assert sorted(r["seed"] for r in by_schedule["incremental_rollback"]) == ["0", "1"]
+    for row in by_schedule["finetune"]:
+        assert row["status"] == "diverged" and row["epochs"] == "0" and row["best_val_mAP"] == ""
+        assert row["schedule.head_lr"] == "1000000.0"
+    for row in by_schedule["incremental_rollback"]:
+        assert row["status"] in ("finished", "stopped")  # ASHA may stop the worse seed after period 1
+        assert row["schedule.epochs"] == "" and 0 <= float(row["best_val_mAP"]) <= 1
+    assert any(r["status"] == "finished" and r["epochs"] == "2" for r in by_schedule["incremental_rollback"])
+
+
+def test_epochs_csv_has_one_row_per_trial_and_epoch(study_dir):
+    out, _ = study_dir
+    results = {r["trial_id"]: r for r in _csv(out / "results.csv")}
+    epochs = _csv(out / "epochs.csv")
+    for trial_id, result in results.items():
+        rows = [r for r in epochs if r["trial_id"] == trial_id]
+        diverged = result["status"] == "diverged"
+        assert len(rows) == int(result["epochs"]) + diverged
+        assert [int(r["epoch"]) for r in rows] == list(range(1, len(rows) + 1))
+        for row in rows:
+            assert (row["val_mAP"] != "") == (row["validated"] == "True")
+            if row["diverged"] == "False":
+                assert float(row["lr_head"]) > 0 and float(row["grad_norm_B1"]) >= 0
+        if result["status"] == "finished":
+            assert [r["periods_done"] for r in rows] == ["1", "2"]
+    assert {"lr_B1", "lr_B5", "lr_head", "grad_norm_B3", "grad_norm_head", "loss", "val_rank1"} <= set(
+        epochs[0]
+    )
+
+
+def test_optuna_db_holds_one_trial_per_configuration(study_dir):
+    out, _ = study_dir
+    with sqlite3.connect(out / "optuna.db") as db:
+        states = db.execute("SELECT state FROM trials").fetchall()
+        names = db.execute(
+            "SELECT param_value, distribution_json FROM trial_params WHERE param_name = 'schedule.name'"
+        ).fetchall()
+        (study_name,) = db.execute("SELECT study_name FROM studies").fetchone()
+    assert study_name == "tiny"
+    assert [s for (s,) in states] == ["COMPLETE", "COMPLETE"]
+    assert sorted(value for value, _ in names) == [0.0, 1.0]  # category indices: both schedules
+
+
+def test_wandb_offline_runs_hold_each_trials_config(study_dir):
+    out, _ = study_dir
+    results = _csv(out / "results.csv")
+    runs = {p.name.rsplit("-", 1)[-1]: p for p in (out / "wandb").glob("offline-run-*")}
+    assert set(runs) == {r["trial_id"] for r in results}
+    for row in results:
+        log = (runs[row["trial_id"]] / f"run-{row['trial_id']}.wandb").read_bytes()
+        texts = (
+            "schedule.name",
+            f'"{row["schedule"]}"',
+            "train.seed",
+            "rollback-study-tests",
+            "tiny",
+            "val_mAP",
+        )
+        for text in texts:
+            assert text.encode() in log
+        assert b"__trial_index__" not in log
+
+
+def test_trial_folders_keep_one_checkpoint(study_dir):
+    out, _ = study_dir
+    for row in _csv(out / "results.csv"):
+        folder = out / row["run_dir"]
+        assert (folder / "config.yaml").exists()
+        if row["status"] != "diverged":  # a trial diverging in its first epoch has no metrics yet
+            assert (folder / "metrics.csv").exists()
+            assert len(list((folder / "checkpoints").glob("epoch-*.pt"))) == 1
+        if row["status"] == "diverged":  # the trainer's summary says so too
+            assert json.loads((folder / "summary.json").read_text())["status"] == "diverged"
+
+
+def test_same_folder_again_is_refused_without_resume(study_dir, capsys):
+    out, space = study_dir
+    with pytest.raises(SystemExit) as exit_info:
+        sweep.main([str(space), "--out", str(out)])
+    assert exit_info.value.code == 2
+    assert "already holds the study 'tiny'; pass --resume" in capsys.readouterr().err
+
+
+def test_report_on_the_study(study_dir):
+    from study import report
+
+    out, _ = study_dir
+    report.main([str(out)])
+    text = (out / "report.md").read_text()
+    assert "| schedule | best val mAP | best val rank-1 |" in text
+    assert "| incremental_rollback |" in text and "| finetune | – |" in text
+    assert "2 diverged" in text
+    for name in ("val_mAP.png", "loss.png", "grad_norm.png"):
+        data = (out / "plots" / name).read_bytes()
+        assert data.startswith(b"\x89PNG") and len(data) > 1000
+        assert f"plots/{name}" in text
+
+
+def test_resume_of_a_finished_study_keeps_its_results(study_dir):
+    out, space = study_dir
+    before = _csv(out / "results.csv")
+    sweep.main([str(space), "--out", str(out), "--resume"])
+    after = _csv(out / "results.csv")
+    assert [(r["trial_id"], r["status"], r["epochs"]) for r in after] == [
+        (r["trial_id"], r["status"], r["epochs"]) for r in before
+    ]
