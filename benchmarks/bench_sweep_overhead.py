@@ -50,7 +50,7 @@ def concurrency(space: str) -> int:
     """Trials at once on this machine: max_concurrent, or the CPUs over the CPUs per trial."""
     import os
 
-    from study.sweep import load_search_space
+    from study.search_space import load_search_space
 
     tune = load_search_space(space).tune
     by_cpu = int(len(os.sched_getaffinity(0)) // tune.cpu)

@@ -325,7 +325,7 @@ def _save(fig: Any, path: Path) -> Path:
 
 def retrain_final(study: Study) -> list[dict[str, Any]]:
     """Retrain the best configuration (and the best finetune one) with evaluate_on=test into DIR/final/."""
-    from study.sweep import SCHEDULE_KEY, SEED_KEY, parse_search_space
+    from study.search_space import SCHEDULE_KEY, SEED_KEY, parse_search_space
     from study.trainer import train_run
 
     best = study.best_per_schedule().dropna(subset=["mAP_mean"])

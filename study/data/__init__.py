@@ -44,6 +44,7 @@ __all__ = [
     "normalize",
     "random_hflip",
     "read_dataset",
+    "split_samples",
     "synthesize",
     "synthetic_name",
     "validation_split",
@@ -60,14 +61,7 @@ def load_data(config: DataConfig) -> ReIDData:
     >>> data.train.images.shape, data.num_classes, len(data.query)
     (torch.Size([1060, 3, 128, 64]), 60, 240)
     """
-    root, name = _resolve_root(config)
-    dataset = read_dataset(root, config.format)
-    if config.evaluate_on == "val":
-        held_out = validation_identities(config.val_identities, dataset.train)
-        train, query, gallery = validation_split(dataset.train, held_out, config.split_seed)
-    else:
-        train, query, gallery = dataset.train, dataset.query, dataset.gallery
-        check_query_gallery(query, gallery)
+    train, query, gallery = split_samples(config)
 
     def image_set(samples: list[Sample]) -> ImageSet:
         paths = [s.path for s in samples]
@@ -80,7 +74,21 @@ def load_data(config: DataConfig) -> ReIDData:
 
     train_set = image_set(train)
     classes, train_set.labels = torch.unique(train_set.pids, sorted=True, return_inverse=True)
-    return ReIDData(train_set, len(classes), image_set(query), image_set(gallery), name)
+    return ReIDData(train_set, len(classes), image_set(query), image_set(gallery), _display_name(config))
+
+
+def split_samples(config: DataConfig) -> tuple[list[Sample], list[Sample], list[Sample]]:
+    """The (train, query, gallery) file lists of a run, without decoding any image.
+
+    Generates the synthetic data set on first use; every layout and split error surfaces here,
+    which lets a sweep check its data before starting any trial.
+    """
+    dataset = read_dataset(_resolve_root(config), config.format)
+    if config.evaluate_on == "val":
+        held_out = validation_identities(config.val_identities, dataset.train)
+        return validation_split(dataset.train, held_out, config.split_seed)
+    check_query_gallery(dataset.query, dataset.gallery)
+    return dataset.train, dataset.query, dataset.gallery
 
 
 def validation_identities(value: float, train: list[Sample]) -> int:
@@ -90,18 +98,23 @@ def validation_identities(value: float, train: list[Sample]) -> int:
     return max(1, round(value * len({s.pid for s in train})))
 
 
-def _resolve_root(config: DataConfig) -> tuple[Path, str]:
-    """The data set folder (generating the synthetic set on first use) and a display name."""
+def _resolve_root(config: DataConfig) -> Path:
+    """The data set folder, generating the synthetic set on first use."""
     if config.root != "synthetic":
-        root = Path(config.root)
-        return root, root.resolve().stem
+        return Path(config.root)
     params = config.synthetic
-    name = synthetic_name(params.identities, params.cameras, params.seed)
-    root = Path(config.synthetic_dir) / name
+    root = Path(config.synthetic_dir) / synthetic_name(params.identities, params.cameras, params.seed)
     if not root.is_dir():
         try:
             synthesize(root, params.identities, params.cameras, params.seed)
         except UserError:
             if not root.is_dir():  # otherwise another run generated it just now
                 raise
-    return root, f"synthetic-{name}"
+    return root
+
+
+def _display_name(config: DataConfig) -> str:
+    if config.root != "synthetic":
+        return Path(config.root).resolve().stem
+    params = config.synthetic
+    return f"synthetic-{synthetic_name(params.identities, params.cameras, params.seed)}"

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+import study.search_space as search_space
 import study.sweep as sweep
 from study.errors import UserError
 
@@ -106,13 +107,13 @@ BAD = [
 @pytest.mark.parametrize(("data", "message"), BAD, ids=[m[:40] for _, m in BAD])
 def test_bad_search_space_is_one_line_user_error(data, message):
     with pytest.raises(UserError) as error:
-        sweep.parse_search_space(data, "bad")
+        search_space.parse_search_space(data, "bad")
     assert message in str(error.value)
     assert "\n" not in str(error.value)
 
 
 def test_valid_search_space_drops_parameters_a_schedule_lacks():
-    space = sweep.parse_search_space(copy.deepcopy(VALID), "ok")
+    space = search_space.parse_search_space(copy.deepcopy(VALID), "ok")
     assert space.num_trials == 8
     finetune = [p.key for p in space.params_for("finetune")]
     rollback = [p.key for p in space.params_for("incremental_rollback")]
@@ -128,7 +129,7 @@ def test_valid_search_space_drops_parameters_a_schedule_lacks():
 
 
 def test_run_config_switches_schedule_and_keeps_only_its_base_parameters():
-    space = sweep.parse_search_space(copy.deepcopy(VALID), "ok")
+    space = search_space.parse_search_space(copy.deepcopy(VALID), "ok")
     config = space.run_config(
         {"schedule.name": "finetune", "schedule.lr": 0.02, "schedule.epochs": 2, "train.seed": 1}
     )
@@ -145,7 +146,7 @@ def test_optuna_define_by_run_samples_only_the_schedules_parameters():
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    space = sweep.parse_search_space(copy.deepcopy(VALID), "ok")
+    space = search_space.parse_search_space(copy.deepcopy(VALID), "ok")
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     for point in sweep.balanced_schedules(space):
         study.enqueue_trial(point)
@@ -168,26 +169,26 @@ def test_optuna_define_by_run_samples_only_the_schedules_parameters():
 
 def test_env_expansion_and_missing_variable(monkeypatch):
     monkeypatch.setenv("REID_TEST_ROOT", "/data/market")
-    assert sweep.expand_env({"data": {"root": "${REID_TEST_ROOT}/v1"}}) == {
+    assert search_space.expand_env({"data": {"root": "${REID_TEST_ROOT}/v1"}}) == {
         "data": {"root": "/data/market/v1"}
     }
     monkeypatch.delenv("REID_TEST_ROOT")
     with pytest.raises(UserError, match=r"data.root uses \$\{REID_TEST_ROOT\}, which is not set; export"):
-        sweep.expand_env({"data": {"root": "${REID_TEST_ROOT}"}})
+        search_space.expand_env({"data": {"root": "${REID_TEST_ROOT}"}})
 
 
 def test_shipped_search_spaces_load(monkeypatch):
     folder = Path(__file__).resolve().parents[2] / "search_spaces"
     monkeypatch.delenv("MARKET1501_ROOT", raising=False)
-    demo = sweep.load_search_space(folder / "demo.yaml")
+    demo = search_space.load_search_space(folder / "demo.yaml")
     assert demo.schedules == ("finetune", "incremental_rollback", "base_cy")
     assert demo.base["model"]["weights"] == "packaged" and demo.tune.gpu == 0
     with pytest.raises(UserError, match="MARKET1501_ROOT"):
-        sweep.load_search_space(folder / "periods.yaml")
+        search_space.load_search_space(folder / "periods.yaml")
     monkeypatch.setenv("MARKET1501_ROOT", "/data/Market-1501")
-    periods = sweep.load_search_space(folder / "periods.yaml")
+    periods = search_space.load_search_space(folder / "periods.yaml")
     assert periods.base["data"]["root"] == "/data/Market-1501" and periods.tune.gpu > 0
-    schedules = sweep.load_search_space(folder / "schedules.yaml")
+    schedules = search_space.load_search_space(folder / "schedules.yaml")
     from schedules import registered
 
     assert set(schedules.schedules) == set(registered())
@@ -196,19 +197,20 @@ def test_shipped_search_spaces_load(monkeypatch):
 
 
 def test_missing_data_set_is_one_line_error(tmp_path):
-    config = sweep.config_from_dict({"data": {"root": str(tmp_path / "Market-1501")}})
+    config = search_space.config_from_dict({"data": {"root": str(tmp_path / "Market-1501")}})
     with pytest.raises(UserError, match="does not exist; download the data set there"):
         sweep.check_data(config)
 
 
 def test_resources_no_machine_has_are_refused():
-    settings = sweep.TuneSettings(metric="val_mAP", cpu=1, gpu=1)
+    settings = search_space.TuneSettings(metric="val_mAP", cpu=1, gpu=1)
     with pytest.raises(UserError, match=r"gpu=1 per trial, but this Ray machine has 0 GPUs"):
         sweep.check_resources(settings, [{"CPU": 2.0}])
     two_small = [{"CPU": 2.0}, {"CPU": 2.0}]  # 4 CPUs in all, but a trial runs on one machine
     with pytest.raises(UserError, match=r"cpu=4 per trial, but the Ray cluster's largest machine has 2 CPUs"):
-        sweep.check_resources(sweep.TuneSettings(metric="val_mAP", cpu=4), two_small)
-    sweep.check_resources(sweep.TuneSettings(metric="val_mAP", cpu=2, gpu=0.25), [{"CPU": 2.0, "GPU": 1.0}])
+        sweep.check_resources(search_space.TuneSettings(metric="val_mAP", cpu=4), two_small)
+    quarter_gpu = search_space.TuneSettings(metric="val_mAP", cpu=2, gpu=0.25)
+    sweep.check_resources(quarter_gpu, [{"CPU": 2.0, "GPU": 1.0}])
 
 
 def test_cli_exits_2_with_one_line(tmp_path, capsys):
@@ -225,7 +227,7 @@ def test_cli_exits_2_with_one_line(tmp_path, capsys):
 
 
 def test_study_folder_is_refused_unless_resuming_the_same_study(tmp_path):
-    space = sweep.parse_search_space(copy.deepcopy(VALID), "ok")
+    space = search_space.parse_search_space(copy.deepcopy(VALID), "ok")
     with pytest.raises(UserError, match="holds no study to resume"):
         sweep.check_study_dir(tmp_path, space, resume=True)
     (tmp_path / "other.txt").write_text("x")
@@ -236,7 +238,7 @@ def test_study_folder_is_refused_unless_resuming_the_same_study(tmp_path):
     with pytest.raises(UserError, match="already holds the study 'ok'; pass --resume"):
         sweep.check_study_dir(tmp_path, space, resume=False)
     assert sweep.check_study_dir(tmp_path, space, resume=True) is False  # no Ray experiment yet
-    other = sweep.parse_search_space(changed("tune.num_samples", 2), "ok")
+    other = search_space.parse_search_space(changed("tune.num_samples", 2), "ok")
     with pytest.raises(UserError, match="holds a different study \\(section tune differs\\)"):
         sweep.check_study_dir(tmp_path, other, resume=True)
 
@@ -264,7 +266,7 @@ def test_reporter_carries_the_metric_forward_and_counts_periods(tmp_path, monkey
     (run_dir / "checkpoints").mkdir(parents=True)
     for name in ("config.yaml", "metrics.csv"):
         (run_dir / name).write_text("x")
-    reporter = sweep.EpochReporter(plan, sweep.TuneSettings(metric="val_mAP"), run_dir)
+    reporter = sweep.EpochReporter(plan, search_space.TuneSettings(metric="val_mAP"), run_dir)
     for epoch, value in [(1, None), (2, 0.3), (3, None), (4, 0.5)]:
         record = {"epoch": epoch, "period": (epoch + 1) // 2, "loss": 1.0}
         if value is not None:

@@ -1,0 +1,456 @@
+"""Search-space files: a run config plus ``search`` and ``tune`` sections, parsed and validated.
+
+The format (see study/sweep.py for how a study runs it)::
+
+    search:
+      schedules: [finetune, incremental_rollback]   # compared side by side, assigned round robin
+      seeds: [0, 1]                                  # every sampled configuration runs once per seed
+      params:                                        # dotted run-config key: distribution or fixed value
+        schedule.lr: {loguniform: [3.0e-3, 3.0e-2]}  # also uniform, int, intlog (bounds inclusive), choice
+        train.batch_size: {choice: [16, 32]}
+        schedule.head_lr: 0.1                        # fixed
+      when:                                          # parameters of one schedule only
+        finetune: {schedule.epochs: 8}
+    tune:
+      metric: val_mAP            # val_/test_ + mAP, rank1, rank5, rank10 or mINP
+      mode: max
+      num_samples: 6             # sampled configurations; trials = num_samples x len(seeds)
+      max_concurrent: 2          # at most this many trials at once (default: as resources allow)
+      resources: {cpu: 1, gpu: 0}                    # per trial; a fractional gpu shares one
+      asha: {grace_periods: 1, reduction_factor: 2}  # early stopping on period ends; omit to disable
+      seed: 0                    # of the TPE sampler
+      startup_trials: 10         # configurations sampled at random before TPE takes over
+
+The base ``schedule`` section is the first compared schedule's; a compared schedule keeps the base
+parameters it also has and gets the others from ``params`` (those it lacks are dropped) and ``when``.
+``${NAME}`` in any value is replaced by the environment variable NAME (``data.root: ${MARKET1501_ROOT}``).
+Everything is checked here, before Ray starts: bad input is one line and exit status 2.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import os
+import re
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from study.config import RunConfig, apply_overrides, config_from_dict, read_yaml
+from study.errors import UserError, closest, unknown
+
+SCHEDULE_KEY = "schedule.name"
+SEED_KEY = "train.seed"
+DISTRIBUTIONS = ("uniform", "loguniform", "int", "intlog", "choice")
+SEARCH_KEYS = ("schedules", "seeds", "params", "when")
+TUNE_KEYS = (
+    "metric",
+    "mode",
+    "num_samples",
+    "max_concurrent",
+    "resources",
+    "asha",
+    "seed",
+    "startup_trials",
+)
+RESOURCE_KEYS = ("cpu", "gpu")
+ASHA_KEYS = ("grace_periods", "reduction_factor")
+METRICS = ("mAP", "rank1", "rank5", "rank10", "mINP")
+
+
+@dataclass(frozen=True)
+class Param:
+    """One searched run-config key: a distribution (uniform, loguniform, int, intlog, choice) or fixed value.
+
+    >>> parse_param("schedule.lr", {"loguniform": [1e-3, 1e-1]}, "search.params").kind
+    'loguniform'
+    """
+
+    key: str
+    kind: str  # one of DISTRIBUTIONS, or "fixed"
+    args: tuple  # (low, high), the choices, or (value,)
+
+    @property
+    def fixed(self) -> bool:
+        return self.kind == "fixed"
+
+    @property
+    def schedule_param(self) -> str | None:
+        """The schedule parameter this key sets (``schedule.lr`` -> ``lr``), or None."""
+        section, _, rest = self.key.partition(".")
+        return rest if section == "schedule" else None
+
+    def suggest(self, trial: Any) -> Any:
+        """Ask an Optuna trial for a value."""
+        if self.kind == "choice":
+            return trial.suggest_categorical(self.key, list(self.args))
+        low, high = self.args
+        if self.kind in ("int", "intlog"):
+            return trial.suggest_int(self.key, low, high, log=self.kind == "intlog")
+        return trial.suggest_float(self.key, low, high, log=self.kind == "loguniform")
+
+
+@dataclass(frozen=True)
+class Asha:
+    grace_periods: int = 1
+    reduction_factor: float = 2
+
+
+@dataclass(frozen=True)
+class TuneSettings:
+    metric: str
+    mode: str = "max"
+    num_samples: int = 1
+    max_concurrent: int | None = None
+    cpu: float = 1
+    gpu: float = 0
+    asha: Asha | None = None
+    seed: int = 0
+    startup_trials: int = 10
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """A validated search-space file: the base run config, what to search, and how to run the trials."""
+
+    name: str
+    base: dict[str, Any]
+    schedules: tuple[str, ...]
+    seeds: tuple[int, ...]
+    params: tuple[Param, ...]
+    when: dict[str, tuple[Param, ...]]
+    tune: TuneSettings
+    source: dict[str, Any]  # the resolved file, saved as DIR/study.yaml
+
+    @property
+    def num_trials(self) -> int:
+        return self.tune.num_samples * len(self.seeds)
+
+    def params_for(self, schedule: str) -> list[Param]:
+        """The parameters a trial of ``schedule`` samples or sets, in file order."""
+        fields = schedule_fields(schedule)
+        common = [p for p in self.params if p.schedule_param is None or p.schedule_param in fields]
+        return common + list(self.when.get(schedule, ()))
+
+    def searched_keys(self) -> list[str]:
+        """Every searched key (tuned or fixed, any schedule), in file order."""
+        every = [*self.params, *(p for params in self.when.values() for p in params)]
+        return list(dict.fromkeys(p.key for p in every))
+
+    def tuned_keys(self) -> list[str]:
+        """The keys Optuna samples, the schedule first when several are compared."""
+        every = [*self.params, *(p for params in self.when.values() for p in params)]
+        tuned = [p.key for p in every if not p.fixed]
+        return list(dict.fromkeys(([SCHEDULE_KEY] if len(self.schedules) > 1 else []) + tuned))
+
+    def base_for(self, schedule: str) -> dict[str, Any]:
+        """The base run config with its schedule section switched to ``schedule``."""
+        data = copy.deepcopy(self.base)
+        fields = schedule_fields(schedule)
+        kept = {k: v for k, v in data["schedule"].items() if k in fields}
+        data["schedule"] = {"name": schedule, **kept}
+        return data
+
+    def run_config(self, sampled: dict[str, Any]) -> RunConfig:
+        """The run config of one trial: the base, the sampled schedule and values, no progress bars.
+
+        >>> space.run_config({"schedule.name": "base_cy", "schedule.lr": 0.02, "train.seed": 1})
+        """
+        data = self.base_for(sampled.get(SCHEDULE_KEY, self.schedules[0]))
+        for key, value in sampled.items():
+            if key != SCHEDULE_KEY:
+                set_dotted(data, key, value)
+        set_dotted(data, "train.progress", False)
+        return config_from_dict(data)
+
+
+def load_search_space(path: str | Path, overrides: list[str] = ()) -> SearchSpace:
+    """Read, override (``--set``), expand ``${VAR}`` and validate a search-space file.
+
+    >>> load_search_space("search_spaces/demo.yaml", ["tune.num_samples=3"]).num_trials
+    """
+    data = apply_overrides(read_yaml(path), overrides)
+    data = expand_env(data)
+    absolutize_paths(data)
+    return parse_search_space(data, Path(path).stem)
+
+
+def expand_env(value: Any, where: str = "") -> Any:
+    """Replace ``${NAME}`` in every string with the environment variable NAME (one-line error when unset)."""
+    if isinstance(value, dict):
+        return {k: expand_env(v, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [expand_env(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+
+    def replace(match: re.Match) -> str:
+        name = match.group(1)
+        if name not in os.environ:
+            raise UserError(
+                f"{where} uses ${{{name}}}, which is not set; export {name}=VALUE or pass --set {where}=VALUE"
+            )
+        return os.environ[name]
+
+    return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", replace, value)
+
+
+def absolutize_paths(data: dict[str, Any]) -> None:
+    """Make the config's paths absolute: trials run with the trial folder as working directory."""
+    sections = {s: data.get(s) if isinstance(data.get(s), dict) else {} for s in ("data", "model")}
+    data_section, model = sections["data"], sections["model"]
+    for key in ("synthetic_dir", "cache_dir"):
+        if isinstance(data_section.get(key), str):
+            data_section[key] = os.path.abspath(data_section[key])
+    if isinstance(data_section.get("root"), str) and data_section["root"] != "synthetic":
+        data_section["root"] = os.path.abspath(data_section["root"])
+    weights = model.get("weights")
+    if isinstance(weights, str) and weights not in ("imagenet", "packaged", "none"):
+        model["weights"] = os.path.abspath(weights)
+
+
+def parse_search_space(data: dict[str, Any], name: str) -> SearchSpace:
+    """Validate the ``search`` and ``tune`` sections against the run config and the schedules."""
+    base = {k: v for k, v in data.items() if k not in ("search", "tune")}
+    base_config = config_from_dict(base)  # unknown sections and bad values of the base config
+    base = base_config.to_dict()
+    search = _mapping(data.get("search"), "search", SEARCH_KEYS)
+    schedules = _schedules(search.get("schedules", [base_config.schedule["name"]]))
+    seeds = _seeds(search.get("seeds", [base_config.train.seed]))
+    params = _params(search.get("params"), "search.params", schedules)
+    when = _when(search.get("when"), schedules, params)
+    tune = _tune(data.get("tune"), base_config.data.evaluate_on, len(schedules))
+    space = SearchSpace(name, base, schedules, seeds, params, when, tune, data)
+    _check_values(space)
+    return space
+
+
+def parse_param(key: str, spec: Any, where: str) -> Param:
+    """Parse ``{kind: [low, high]}``, ``{choice: [...]}`` or a fixed value for the run-config ``key``."""
+    where = f"{where}.{key}"
+    if not isinstance(spec, dict):
+        return Param(key, "fixed", (spec,))
+    if len(spec) != 1:
+        raise UserError(f"{where} must be one distribution such as {{uniform: [0.1, 0.5]}}, got {spec}")
+    ((kind, args),) = spec.items()
+    if kind not in DISTRIBUTIONS:
+        raise UserError(f"{where}: {unknown('distribution', str(kind), DISTRIBUTIONS)}")
+    if kind == "choice":
+        return Param(key, kind, _choices(args, where))
+    if not (isinstance(args, list) and len(args) == 2 and all(_is_number(v) for v in args)):
+        raise UserError(f"{where}: {kind} needs [low, high] numbers, got {args!r}")
+    low, high = args
+    if kind in ("int", "intlog") and not all(isinstance(v, int) for v in args):
+        raise UserError(f"{where}: {kind} needs whole-number bounds, got {args!r}")
+    if low >= high:
+        raise UserError(f"{where}: {kind} needs low < high, got [{low}, {high}]")
+    if kind in ("loguniform", "intlog") and low <= 0:
+        raise UserError(f"{where}: {kind} needs bounds > 0, got [{low}, {high}]")
+    if kind in ("uniform", "loguniform"):
+        low, high = float(low), float(high)
+    return Param(key, kind, (low, high))
+
+
+def schedule_fields(name: str) -> tuple[str, ...]:
+    """The parameters of a registered schedule (its dataclass fields)."""
+    from schedules import schedule_class
+
+    return tuple(f.name for f in dataclasses.fields(schedule_class(name)) if f.init)
+
+
+def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    """``set_dotted(d, "train.batch_size", 32)`` sets ``d["train"]["batch_size"]`` (value kept as it is)."""
+    *parents, leaf = key.split(".")
+    for part in parents:
+        data = data.setdefault(part, {})
+    data[leaf] = value
+
+
+def _mapping(value: Any, where: str, valid: tuple[str, ...]) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise UserError(f"{where} must be a mapping, got {value!r}")
+    for key in value:
+        if key not in valid:
+            raise UserError(f"unknown key {where}.{key}{closest(str(key), valid)}; valid: {', '.join(valid)}")
+    return value
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _choices(args: Any, where: str) -> tuple:
+    if not isinstance(args, list) or not args:
+        raise UserError(f"{where}: choice needs a non-empty list, got {args!r}")
+    for value in args:
+        if not (value is None or isinstance(value, str | int | float | bool)):
+            raise UserError(f"{where}: choice values must be numbers, strings or booleans, got {value!r}")
+    if len(set(map(repr, args))) != len(args):
+        raise UserError(f"{where}: choice lists a value twice: {args}")
+    return tuple(args)
+
+
+def _schedules(value: Any) -> tuple[str, ...]:
+    from schedules import schedule_class
+
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise UserError(f"search.schedules must be a non-empty list of schedule names, got {value!r}")
+    if len(set(value)) != len(value):
+        raise UserError(f"search.schedules names a schedule twice: {value}")
+    for name in value:
+        schedule_class(name)  # unknown names: one line with the registered ones
+    return tuple(value)
+
+
+def _seeds(value: Any) -> tuple[int, ...]:
+    integers = isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    if not value or not integers:
+        raise UserError(f"search.seeds must be a non-empty list of integers, got {value!r}")
+    if len(set(value)) != len(value):
+        raise UserError(f"search.seeds lists a seed twice: {value}")
+    return tuple(value)
+
+
+def _params(value: Any, where: str, schedules: tuple[str, ...]) -> tuple[Param, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, dict):
+        raise UserError(f"{where} must map dotted run-config keys to distributions, got {value!r}")
+    params = []
+    for key, spec in value.items():
+        _check_key(str(key), where, schedules)
+        params.append(parse_param(str(key), spec, where))
+    return tuple(params)
+
+
+def _check_key(key: str, where: str, schedules: tuple[str, ...]) -> None:
+    if key == SCHEDULE_KEY:
+        raise UserError(f"{where}.{key}: list the compared schedules in search.schedules instead")
+    if key == SEED_KEY:
+        raise UserError(f"{where}.{key}: list the seeds in search.seeds instead")
+    section, _, rest = key.partition(".")
+    if section == "schedule":
+        fields = sorted({f for s in schedules for f in schedule_fields(s)})
+        if rest not in fields:
+            raise UserError(
+                f"{where}: no compared schedule ({', '.join(schedules)}) has a parameter {rest!r}"
+                f"{closest(rest, fields)}; valid: {', '.join(fields)}"
+            )
+        return
+    _check_run_key(key, where)
+
+
+def _check_run_key(key: str, where: str) -> None:
+    cls: Any = RunConfig
+    parts = key.split(".")
+    if len(parts) < 2:
+        raise UserError(f"{where}: {key!r} must be a dotted run-config key such as train.batch_size")
+    for depth, part in enumerate(parts):
+        names = [f.name for f in dataclasses.fields(cls)]
+        if part not in names:
+            path = ".".join(parts[: depth + 1])
+            valid = ", ".join(names)
+            raise UserError(f"{where}: unknown config key {path!r}{closest(part, names)}; valid: {valid}")
+        hint = typing.get_type_hints(cls)[part]
+        last = depth == len(parts) - 1
+        if last and dataclasses.is_dataclass(hint):
+            raise UserError(f"{where}: {key!r} is a section; name one of its keys")
+        if not last and not dataclasses.is_dataclass(hint):
+            raise UserError(f"{where}: {'.'.join(parts[: depth + 1])!r} is not a section")
+        cls = hint
+
+
+def _when(value: Any, schedules: tuple[str, ...], params: tuple[Param, ...]) -> dict[str, tuple[Param, ...]]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise UserError(f"search.when must map schedule names to parameters, got {value!r}")
+    when = {}
+    common = {p.key for p in params}
+    for schedule, entries in value.items():
+        if schedule not in schedules:
+            raise UserError(f"search.when: {unknown('compared schedule', str(schedule), schedules)}")
+        where = f"search.when.{schedule}"
+        if not isinstance(entries, dict):
+            raise UserError(f"{where} must map dotted run-config keys to distributions, got {entries!r}")
+        fields = schedule_fields(schedule)
+        for key in entries:
+            section, _, rest = str(key).partition(".")
+            if section == "schedule" and rest not in fields and key != SCHEDULE_KEY:
+                raise UserError(
+                    f"{where}: schedule {schedule!r} has no parameter {rest!r}{closest(rest, fields)}; "
+                    f"valid: {', '.join(fields)}"
+                )
+            if key in common:
+                raise UserError(f"{where}.{key} is also in search.params; keep one of them")
+        when[schedule] = _params(entries, where, (schedule,))
+    return when
+
+
+def _tune(value: Any, evaluate_on: str, num_schedules: int) -> TuneSettings:
+    tune = _mapping(value, "tune", TUNE_KEYS)
+    metrics = [f"{evaluate_on}_{m}" for m in METRICS]
+    metric = tune.get("metric", metrics[0])
+    if metric not in metrics:
+        raise UserError(f"tune.metric: {unknown('metric', str(metric), metrics)}")
+    mode = tune.get("mode", "max")
+    if mode not in ("max", "min"):
+        raise UserError(f"tune.mode must be max or min, got {mode!r}")
+    num_samples = _positive_int(tune.get("num_samples", num_schedules), "tune.num_samples")
+    if num_samples < num_schedules:
+        raise UserError(
+            f"tune.num_samples={num_samples} is fewer than the {num_schedules} compared schedules; "
+            "each schedule needs at least one configuration"
+        )
+    max_concurrent = tune.get("max_concurrent")
+    if max_concurrent is not None:
+        max_concurrent = _positive_int(max_concurrent, "tune.max_concurrent")
+    resources = _mapping(tune.get("resources"), "tune.resources", RESOURCE_KEYS)
+    cpu, gpu = resources.get("cpu", 1), resources.get("gpu", 0)
+    if not _is_number(cpu) or cpu <= 0:
+        raise UserError(f"tune.resources.cpu must be a positive number, got {cpu!r}")
+    if not _is_number(gpu) or gpu < 0:
+        raise UserError(f"tune.resources.gpu must be a number >= 0, got {gpu!r}")
+    if gpu > 1 and gpu != int(gpu):
+        raise UserError(f"tune.resources.gpu above 1 must be a whole number of GPUs, got {gpu}")
+    asha = None
+    if tune.get("asha") is not None:
+        settings = _mapping(tune["asha"], "tune.asha", ASHA_KEYS)
+        grace = _positive_int(settings.get("grace_periods", 1), "tune.asha.grace_periods")
+        factor = settings.get("reduction_factor", 2)
+        if not _is_number(factor) or factor <= 1:
+            raise UserError(f"tune.asha.reduction_factor must be a number > 1, got {factor!r}")
+        asha = Asha(grace, factor)
+    seed = tune.get("seed", 0)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise UserError(f"tune.seed must be an integer, got {seed!r}")
+    startup = _positive_int(tune.get("startup_trials", 10), "tune.startup_trials")
+    return TuneSettings(metric, mode, num_samples, max_concurrent, cpu, gpu, asha, seed, startup)
+
+
+def _positive_int(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise UserError(f"{where} must be a positive integer, got {value!r}")
+    return value
+
+
+def _check_values(space: SearchSpace) -> None:
+    """Build every schedule's config with each bound and choice, so bad values fail before any trial."""
+    from schedules import build_schedule
+
+    for schedule in space.schedules:
+        for param in [None, *space.params_for(schedule)]:
+            for value in param.args if param else [None]:
+                data = space.base_for(schedule)
+                if param is not None:
+                    set_dotted(data, param.key, value)
+                try:
+                    build_schedule(config_from_dict(data).schedule)
+                except UserError as error:
+                    what = f"{param.key}={value!r}" if param else "the base config"
+                    raise UserError(f"search: {what} with schedule {schedule}: {error}") from None
