@@ -49,7 +49,7 @@ def train_run(
     """
     out_dir = Path(out_dir)
     plan = build_schedule(config.schedule).plan()
-    checkpoint = _prepare_out_dir(out_dir, config, resume)
+    checkpoint = _checkpoint_to_resume(out_dir, config, resume)
     device = _device(config.train.device)
     data = load_data(config.data)
     if len(data.train.images) < config.train.batch_size:
@@ -60,6 +60,9 @@ def train_run(
 
     _seed_everything(config.train.seed)
     model = build_model(config.model, data.num_classes)
+    # Only now, with the input known good, does the run folder appear.
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
     initial = snapshot(model)  # the pre-trained blocks and the initial head, restored bit for bit
     model.to(device)
     if device.type == "cuda" and config.train.channels_last:
@@ -361,23 +364,20 @@ def _restore(
 # ----------------------------------------------------------------------------- run folder
 
 
-def _prepare_out_dir(out_dir: Path, config: RunConfig, resume: bool) -> dict[str, Any] | None:
-    """Refuse to overwrite another run; on resume, return the checkpoint to continue from."""
-    saved_config = out_dir / "config.yaml"
-    holds_run = saved_config.exists() or (out_dir / "metrics.csv").exists()
+def _checkpoint_to_resume(out_dir: Path, config: RunConfig, resume: bool) -> dict[str, Any] | None:
+    """Refuse to overwrite another run; on resume, return the checkpoint to continue from. Writes nothing."""
+    holds_run = (out_dir / "config.yaml").exists() or (out_dir / "metrics.csv").exists()
     if holds_run and not resume:
         raise UserError(
             f"{out_dir} already holds a run; pass --resume to continue it or choose another --out"
         )
-    checkpoint = None
-    if resume and holds_run:
-        checkpoint = latest_checkpoint(out_dir / "checkpoints")
-        if checkpoint is not None and not _same_run(checkpoint["config"], config):
-            raise UserError(f"{out_dir} holds a run with a different config; choose another --out")
-        if checkpoint is None:
-            print(f"no checkpoint in {out_dir}/checkpoints yet; starting from the beginning")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(saved_config, yaml.safe_dump(config.to_dict(), sort_keys=False))
+    if not (resume and holds_run):
+        return None
+    checkpoint = latest_checkpoint(out_dir / "checkpoints")
+    if checkpoint is None:
+        print(f"no checkpoint in {out_dir}/checkpoints yet; starting from the beginning")
+    elif not _same_run(checkpoint["config"], config):
+        raise UserError(f"{out_dir} holds a run with a different config; choose another --out")
     return checkpoint
 
 

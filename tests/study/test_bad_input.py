@@ -1,0 +1,127 @@
+"""Every kind of bad input: one line naming the problem and the fix, exit status 2, nothing created."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+import yaml
+
+from study.config import ModelConfig
+from study.errors import UserError
+from study.models import build_model
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def train(config: Path, out: Path, *overrides: str) -> subprocess.CompletedProcess:
+    args = [a for o in overrides for a in ("--set", o)]
+    command = [sys.executable, "-m", "study.train", str(config), "--out", str(out), *args]
+    return subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+
+
+def assert_user_error(result: subprocess.CompletedProcess, message: str, out: Path) -> None:
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+    assert message in result.stderr
+    assert not out.exists(), "bad input must not create the run folder"
+
+
+@pytest.fixture
+def config_file(tmp_path, tiny_config) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(tiny_config({"name": "finetune", "epochs": 1}).to_dict()))
+    return path
+
+
+def test_invalid_yaml(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("model: {backbone: resnet50\nschedule: [")
+    assert_user_error(train(path, tmp_path / "run"), "invalid YAML in", tmp_path / "run")
+
+
+def test_missing_config_file(tmp_path):
+    assert_user_error(train(tmp_path / "nope.yaml", tmp_path / "run"), "cannot read config", tmp_path / "run")
+
+
+def test_unknown_section_suggests_the_closest(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("schedul: {name: finetune}\n")
+    result = train(path, tmp_path / "run")
+    assert_user_error(result, "unknown config section 'schedul' (did you mean 'schedule'?)", tmp_path / "run")
+
+
+def test_custom_schedule_that_does_not_import(config_file, tmp_path):
+    result = train(config_file, tmp_path / "run", "schedule.name=not_a_module_x:Mine")
+    assert_user_error(result, "cannot import schedule module 'not_a_module_x'", tmp_path / "run")
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("data.root=/nonexistent/market", "data set root '/nonexistent/market' does not exist"),
+        ("data.format=market9000", "unknown data set format 'market9000'"),
+        ("train.device=cuda:0", None),
+    ],
+)
+def test_bad_data_and_device(config_file, tmp_path, override, message):
+    result = train(config_file, tmp_path / "run", override)
+    if message is None:  # CUDA may exist on a developer's machine; here it must not
+        if torch.cuda.is_available():
+            pytest.skip("CUDA is available")
+        message = "CUDA is not available here"
+    assert_user_error(result, message, tmp_path / "run")
+
+
+def test_wrong_layout_names_the_missing_folders(config_file, tmp_path):
+    (tmp_path / "data" / "images").mkdir(parents=True)
+    result = train(config_file, tmp_path / "run", f"data.root={tmp_path / 'data'}")
+    assert_user_error(result, "is not in the Market-1501 layout", tmp_path / "run")
+
+
+def test_weights_file_that_does_not_fit_the_backbone(config_file, tmp_path):
+    weights = tmp_path / "resnet18.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), weights)
+    result = train(config_file, tmp_path / "run", f"model.weights={weights}")
+    assert_user_error(result, "do not fit the backbone", tmp_path / "run")
+
+
+def test_packaged_weights_are_mobilenet_only():
+    with pytest.raises(UserError, match="holds MobileNetV2 weights only, not resnet50"):
+        build_model(ModelConfig(backbone="resnet50", weights="packaged"), num_classes=3)
+
+
+def test_downloading_weights_offline_says_how_to_supply_a_file(monkeypatch):
+    import urllib.error
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    with pytest.raises(
+        UserError, match=r"cannot download ImageNet weights for resnet18.*model.weights=/path"
+    ):
+        build_model(ModelConfig(backbone="resnet18", weights="imagenet"), num_classes=3)
+
+
+def test_a_local_weights_file_is_loaded_exactly(tmp_path):
+    source = torchvision.models.resnet18()
+    torch.save(source.state_dict(), tmp_path / "r18.pth")
+    model = build_model(ModelConfig(backbone="resnet18", weights=str(tmp_path / "r18.pth")), num_classes=3)
+    assert torch.equal(model.blocks["B2"][0].conv1.weight, source.layer1[0].conv1.weight)
+    assert torch.equal(model.blocks["B1"][1].running_var, source.bn1.running_var)
+
+
+def test_bad_input_leaves_an_existing_run_untouched(config_file, tmp_path, tiny_config):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.csv").write_text("epoch\n1\n")
+    result = train(config_file, out)
+    assert result.returncode == 2 and "already holds a run; pass --resume" in result.stderr
+    assert (out / "metrics.csv").read_text() == "epoch\n1\n"
+    assert os.listdir(out) == ["metrics.csv"]
