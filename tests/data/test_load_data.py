@@ -88,3 +88,17 @@ def test_query_identity_without_gallery_image_is_an_error(shared_dir, tmp_path):
             target.write_bytes(path.read_bytes())
     with pytest.raises(UserError, match=r"query identity 9 \(e.g. .*0009_c1_0000.jpg\) has no gallery image"):
         load_data(config(shared_dir, root=str(root), evaluate_on="test"))
+
+
+@pytest.mark.parametrize("value, held_out", [(0.5, 3), (0.2, 1), (0.01, 1), (4.0, 4)])
+def test_val_identities_is_a_count_or_a_fraction_of_the_training_identities(shared_dir, value, held_out):
+    data = load_data(config(shared_dir, val_identities=value))
+    assert len(set(data.query.pids.tolist())) == held_out
+    assert data.num_classes == 6 - held_out
+
+
+def test_val_identities_must_be_whole_above_one():
+    from study.config import config_from_dict
+
+    with pytest.raises(UserError, match="whole number of identities or a fraction"):
+        config_from_dict({"data": {"val_identities": 2.5}})
