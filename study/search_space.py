@@ -23,7 +23,8 @@ The format (see study/sweep.py for how a study runs it)::
 
 The base ``schedule`` section is the first compared schedule's; a compared schedule keeps the base
 parameters it also has and gets the others from ``params`` (those it lacks are dropped) and ``when``.
-``${NAME}`` in any value is replaced by the environment variable NAME (``data.root: ${MARKET1501_ROOT}``).
+``${NAME}`` in any value is replaced by the environment variable NAME (``data.root: ${MARKET1501_ROOT}``),
+except secrets such as ``${WANDB_API_KEY}``: values end up in DIR/study.yaml, run configs and W&B.
 Everything is checked here, before Ray starts: bad input is one line and exit status 2.
 """
 
@@ -59,6 +60,8 @@ TUNE_KEYS = (
 RESOURCE_KEYS = ("cpu", "gpu")
 ASHA_KEYS = ("grace_periods", "reduction_factor")
 METRICS = ("mAP", "rank1", "rank5", "rank10", "mINP")
+# Never expanded: the value would be saved in study.yaml and every trial's config, and logged to W&B.
+SECRET_VARIABLES = ("WANDB_API_KEY",)
 
 
 @dataclass(frozen=True)
@@ -179,7 +182,10 @@ def load_search_space(path: str | Path, overrides: list[str] = ()) -> SearchSpac
 
 
 def expand_env(value: Any, where: str = "") -> Any:
-    """Replace ``${NAME}`` in every string with the environment variable NAME (one-line error when unset)."""
+    """Replace ``${NAME}`` in every string with the environment variable NAME (one-line error when unset).
+
+    >>> expand_env({"data": {"root": "${MARKET1501_ROOT}"}})  # {'data': {'root': '/data/Market-1501'}}
+    """
     if isinstance(value, dict):
         return {k: expand_env(v, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
     if isinstance(value, list):
@@ -189,6 +195,11 @@ def expand_env(value: Any, where: str = "") -> Any:
 
     def replace(match: re.Match) -> str:
         name = match.group(1)
+        if name in SECRET_VARIABLES:
+            raise UserError(
+                f"{where} uses ${{{name}}}, a secret that would be saved with the study and its runs; "
+                f"remove it: W&B reads {name} from the environment itself"
+            )
         if name not in os.environ:
             raise UserError(
                 f"{where} uses ${{{name}}}, which is not set; export {name}=VALUE or pass --set {where}=VALUE"

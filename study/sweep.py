@@ -7,16 +7,20 @@ The search-space file format is described in ``study/search_space.py``. Each tri
 (flat dotted keys plus ``train.seed``) is what W&B logs as its config.
 
 How the pieces fit:
-- Seeds: Ray's Repeater asks Optuna for a configuration and runs it once per seed; Optuna is told the
-  mean over the seeds of the last reported metric. optuna.db holds one trial per configuration.
+- Seeds: ``SeedRepeater`` (Ray's Repeater) asks Optuna for a configuration and runs it once per
+  seed; Optuna is told the mean over the seeds of the last reported metric, or FAIL when any seed
+  diverged or failed. optuna.db holds one trial per configuration.
 - Schedules: with several, configuration i has its schedule fixed to schedule i mod k (points Optuna
   evaluates first), so every schedule gets its share; Optuna's TPE samples the other values.
 - Early stopping: ASHA measures time in completed periods (``periods_done``, +1 on the last epoch
   of each period), so its rungs fall on period ends, never in the dip right after a rollback.
 - Every epoch is reported and carries the metric: epochs without validation repeat the last
   validated value (0 before the first), ``validated`` says which epochs computed it.
-- A trial whose loss becomes NaN/inf reports a last result flagged ``diverged`` (metric 0) and ends;
-  the study goes on. Each trial keeps only its newest checkpoint; Tune holds a copy for ``--resume``.
+- A trial whose loss becomes NaN/inf reports a last result flagged ``diverged`` (metric 0, for Tune and
+  ASHA only) and ends; the study goes on and Optuna records its configuration as FAIL.
+- Each trial keeps only its newest checkpoint; Tune holds a copy for ``--resume``. A resumed trial
+  continues from the newest checkpoint in its run folder and first reports again the epochs that a
+  kill left out of Tune's last snapshot, so neither ASHA nor the tables miss an epoch.
 
 Results in DIR (default ``runs/<search-space name>``): ``study.yaml`` (the resolved search space),
 ``tune/`` (Ray's experiment, for ``--resume``), ``trials/<trial id>/`` (each trial's run folder),
@@ -58,8 +62,9 @@ from study.search_space import (
 try:  # the "sweep" extra; checking a search space works without it
     from ray.air.integrations.wandb import WandbLoggerCallback, _WandbLoggingActor
     from ray.tune import Callback
+    from ray.tune.search import Repeater
 except ImportError:
-    Callback = WandbLoggerCallback = _WandbLoggingActor = object
+    Callback = WandbLoggerCallback = _WandbLoggingActor = Repeater = object
 
 TRIAL_INDEX = "__trial_index__"  # set by ray.tune.search.Repeater: which seed of a configuration
 EXPERIMENT = "tune"  # Ray's experiment folder inside the study folder
@@ -104,6 +109,42 @@ def balanced_schedules(space: SearchSpace) -> list[dict[str, Any]]:
     return [{SCHEDULE_KEY: space.schedules[i % k]} for i in range(space.tune.num_samples)]
 
 
+class SeedRepeater(Repeater):
+    """Ray's Repeater (each configuration once per seed) that tells Optuna FAIL for a failed configuration.
+
+    A configuration is FAIL in Optuna when any of its seeds diverged or ended in an error: the metric
+    a diverged trial reports is a placeholder TPE must not learn from, and a setting that diverges for
+    one seed in n is not one to recommend. Otherwise Optuna gets the mean over the seeds of their last
+    reported metric (a seed stopped by ASHA counts with its last value); a configuration none of whose
+    seeds reported the metric is PRUNED.
+
+    >>> SeedRepeater(OptunaSearch(space=Suggest(space), ...), repeat=len(space.seeds))  # make_searcher
+    """
+
+    def __init__(self, searcher: Any, repeat: int):
+        super().__init__(searcher, repeat=repeat, set_index=True)
+        self.failed: set[str] = set()  # primary trial ids of configurations with a failed seed
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        group = self._trial_id_to_group[trial_id]
+        metric = self.searcher.metric
+        result = result or {}
+        failed = error or bool(result.get("diverged"))
+        if failed:
+            self.failed.add(group.primary_trial_id)
+        value = None if failed else result.get(metric)
+        group.report(trial_id, math.nan if value is None else value)  # nan: no value from this seed
+        if not group.finished_reporting():
+            return
+        scores = [s for s in group.scores() if not math.isnan(s)]
+        if group.primary_trial_id in self.failed:
+            self.searcher.on_trial_complete(group.primary_trial_id, error=True)
+        elif not scores:
+            self.searcher.on_trial_complete(group.primary_trial_id)
+        else:
+            self.searcher.on_trial_complete(group.primary_trial_id, {metric: sum(scores) / len(scores)})
+
+
 def trial_params(config: dict[str, Any], seeds: tuple[int, ...]) -> dict[str, Any]:
     """A Tune trial's config as logged to W&B: the sampled keys plus ``train.seed`` for its repeat index."""
     sampled = {k: v for k, v in config.items() if k != TRIAL_INDEX}
@@ -135,9 +176,10 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     sampled = trial_params(config, context.space.seeds)
     run_config = context.space.run_config(sampled)
     run_dir = Path(context.out) / "trials" / trial_id
-    restore_from_tune(tune.get_checkpoint(), run_dir)
+    tune_epoch = restore_from_tune(tune.get_checkpoint(), run_dir)
     plan = build_schedule(run_config.schedule).plan()
     reporter = EpochReporter(plan, context.space.tune, run_dir)
+    reporter.catch_up(tune_epoch)
     try:
         train_run(run_config, run_dir, resume=True, on_epoch=reporter)
     except Diverged as error:
@@ -171,8 +213,6 @@ class EpochReporter:
         self.epoch = 0
         self.last = worst_value(self.mode)
         self.best: dict[str, Any] | None = None
-        for record in history_to_resume(run_dir):
-            self._remember(record)
 
     def __call__(self, record: dict[str, Any], checkpoint: Path | None) -> None:
         self._remember(record)
@@ -187,6 +227,22 @@ class EpochReporter:
             **self._best_so_far(),
         }
         self._report(result, checkpoint)
+
+    def catch_up(self, tune_epoch: int) -> None:
+        """Start a resumed trial: Tune restored it from ``tune_epoch`` (0: from scratch).
+
+        The trainer continues from the newest checkpoint in the run folder, which a kill may have
+        left ahead of Tune's last snapshot; the epochs in between are reported again (the last with
+        that checkpoint), so Tune, ASHA and the tables miss none of them.
+        """
+        history = history_to_resume(self.run_dir)
+        newest = newest_checkpoint(self.run_dir)
+        for record in history:
+            if record["epoch"] <= tune_epoch:
+                self._remember(record)
+            else:
+                last = newest is not None and record["epoch"] == checkpoint_epoch(newest)
+                self(record, newest if last else None)
 
     def report_divergence(self, message: str) -> None:
         """Report the epoch whose loss became NaN/inf as the trial's last result, flagged ``diverged``."""
@@ -246,25 +302,42 @@ class EpochReporter:
             shutil.rmtree(stage, ignore_errors=True)
 
 
-def restore_from_tune(checkpoint: Any, run_dir: Path) -> None:
-    """Copy the checkpoint Tune restores a trial from into its run folder (the trial may have moved)."""
+def restore_from_tune(checkpoint: Any, run_dir: Path) -> int:
+    """Copy the checkpoint Tune restores a trial from into its run folder (the trial may have moved).
+
+    Returns the checkpoint's epoch, 0 when Tune starts the trial from scratch.
+    """
     if checkpoint is None:
-        return
+        return 0
+    epoch = 0
     with checkpoint.as_directory() as folder:
         for file in Path(folder).iterdir():
             target = run_dir / ("checkpoints" if file.suffix == ".pt" else "") / file.name
+            if file.suffix == ".pt":
+                epoch = checkpoint_epoch(file)
             if not target.exists():
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(file, target)
+    return epoch
+
+
+def checkpoint_epoch(path: Path) -> int:
+    """The epoch of ``checkpoints/epoch-NNNN.pt`` or ``epoch-NNNN-mid.pt``."""
+    return int(path.stem[6:10])
+
+
+def newest_checkpoint(run_dir: Path) -> Path | None:
+    """The run folder's checkpoint of the latest epoch, the one the trainer resumes from."""
+    return max((run_dir / "checkpoints").glob("epoch-*.pt"), key=checkpoint_epoch, default=None)
 
 
 def history_to_resume(run_dir: Path) -> list[dict[str, Any]]:
     """The epochs a resumed run keeps: metrics.csv rows up to the newest checkpoint."""
-    checkpoints = sorted((run_dir / "checkpoints").glob("epoch-*.pt"))
+    newest = newest_checkpoint(run_dir)
     metrics = run_dir / "metrics.csv"
-    if not checkpoints or not metrics.exists():
+    if newest is None or not metrics.exists():
         return []
-    last = max(int(p.stem[6:10]) for p in checkpoints)
+    last = checkpoint_epoch(newest)
     with metrics.open() as file:
         rows = [{k: _number(v) for k, v in row.items() if v != ""} for row in csv.DictReader(file)]
     return [row for row in rows if row["epoch"] <= last]
@@ -665,7 +738,7 @@ def init_ray(address: str | None, scratch: Path) -> None:
 
 
 def make_tuner(space: SearchSpace, out: Path, mode: str, restore: bool) -> Any:
-    """A new Tuner (OptunaSearch in a Repeater over the seeds, ASHA on periods), or the restored one."""
+    """A new Tuner (OptunaSearch in a SeedRepeater over the seeds, ASHA on periods), or the restored one."""
     from ray import tune
 
     context = TrialContext(space, str(out))
@@ -708,9 +781,8 @@ def make_callbacks(space: SearchSpace, out: Path, mode: str) -> list:
 
 
 def make_searcher(space: SearchSpace, out: Path) -> Any:
-    """OptunaSearch (TPE, study in DIR/optuna.db) in a Repeater that runs each configuration per seed."""
+    """OptunaSearch (TPE, study in DIR/optuna.db) in a SeedRepeater that runs each configuration per seed."""
     import optuna
-    from ray.tune.search import Repeater
     from ray.tune.search.optuna import OptunaSearch
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -724,7 +796,7 @@ def make_searcher(space: SearchSpace, out: Path) -> Any:
         study_name=space.name,
         storage=optuna.storages.RDBStorage(f"sqlite:///{out / 'optuna.db'}"),
     )
-    return Repeater(searcher, repeat=len(space.seeds), set_index=True)
+    return SeedRepeater(searcher, repeat=len(space.seeds))
 
 
 def make_scheduler(space: SearchSpace) -> Any:

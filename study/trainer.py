@@ -98,11 +98,14 @@ def train_run(
         saved = None
         if _checkpoint_due(step, config):
             saved = save_checkpoint(out_dir, model, optimizer, config, history, step)
+        if len(history) == len(plan):  # first: a sweep's scheduler may end the trial in on_epoch
+            atomic_write_json(out_dir / "summary.json", summarize(history, config))
         if on_epoch is not None:
             on_epoch(record, saved)
 
     summary = summarize(history, config)
-    atomic_write_json(out_dir / "summary.json", summary)
+    if not (out_dir / "summary.json").exists():  # resumed from the final checkpoint of a killed run
+        atomic_write_json(out_dir / "summary.json", summary)
     return summary
 
 

@@ -75,6 +75,25 @@ def test_a_truncated_checkpoint_is_skipped_for_the_previous_one(tmp_path, tiny_c
     assert (resumed["final_loss"], resumed["final_val_mAP"]) == (whole["final_loss"], whole["final_val_mAP"])
 
 
+def test_a_run_ended_in_its_last_on_epoch_keeps_its_summary(tmp_path, tiny_config):
+    """A sweep's scheduler (ASHA) may stop a trial at its last report: that on_epoch never returns."""
+    out = tmp_path / "run"
+
+    class Stopped(Exception):
+        pass
+
+    def stop_at_the_last_report(record, checkpoint):
+        assert (out / "summary.json").exists() == (record["epoch"] == 2)
+        if record["epoch"] == 2:
+            raise Stopped
+
+    config = tiny_config({"name": "finetune", "epochs": 2})
+    with pytest.raises(Stopped):
+        trainer.train_run(config, out, on_epoch=stop_at_the_last_report)
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["status"], summary["epochs"]) == ("finished", 2)
+
+
 def test_a_diverging_run_stops_with_status_diverged(tmp_path, tiny_config):
     config = tmp_path / "config.yaml"
     schedule = {"name": "finetune", "epochs": 3, "lr": 1.0e6, "head_lr": 1.0e6}

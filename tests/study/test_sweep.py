@@ -419,7 +419,8 @@ def test_optuna_db_holds_one_trial_per_configuration(study_dir):
         ).fetchall()
         (study_name,) = db.execute("SELECT study_name FROM studies").fetchone()
     assert study_name == "tiny"
-    assert [s for (s,) in states] == ["COMPLETE", "COMPLETE"]
+    # finetune's configuration diverged (FAIL: no value for TPE to learn from); the other one completed.
+    assert [s for (s,) in states] == ["FAIL", "COMPLETE"]
     assert sorted(value for value, _ in names) == [0.0, 1.0]  # category indices: both schedules
 
 

@@ -1,0 +1,457 @@
+"""Sweeps lose nothing: kill -9 and --resume, diverging trials (FAIL in Optuna), bad input, the W&B key.
+
+The studies here run ``python -m study.sweep`` as a child process in a session of its own, with its
+own Ray (``RAY_TMPDIR``) and a marker in its environment. Every process of that session (the sweep,
+Ray's GCS, raylet, agents and workers) or carrying the marker (W&B's service starts a session of its
+own; Ray's agents overwrite their environment with their process title) is killed at the end, so no
+stray Ray process outlives a test.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+import study.search_space as search_space
+import study.sweep as sweep
+from study.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[2]
+MARKER = "ROLLBACK_STUDY_SWEEP_TEST"
+FAKE_KEY = "feedface" * 5  # 40 hex digits, like a real W&B key
+
+BASE = """
+model: {{backbone: mobilenet_v2, weights: packaged}}
+data:
+  root: synthetic
+  synthetic_dir: {synthetic_dir}
+  synthetic: {{identities: 32, cameras: 3, seed: 0}}
+  height: 64
+  width: 32
+  val_identities: 6
+train: {{batch_size: 16, eval_batch_size: 64, checkpoint_every: 1}}
+"""
+
+# Two seeds of one configuration, one trial at a time, a checkpoint every epoch: killed while the
+# second seed trains, the first is finished and the second has checkpoints.
+KILLED_STUDY = """
+schedule: {name: finetune, epochs: 6, decay_every: 3}
+wandb: {mode: disabled}
+search:
+  seeds: [0, 1]
+  params:
+    schedule.lr: {loguniform: [5.0e-3, 2.0e-2]}
+tune:
+  num_samples: 1
+  max_concurrent: 1
+  resources: {cpu: 1, gpu: 0}
+"""
+EPOCHS = 6
+
+# finetune trains normally; base_cy's head learning rate makes both of its seeds diverge in epoch 1 of 4.
+KEY_STUDY = """
+schedule: {name: finetune, epochs: 2}
+wandb: {mode: offline, project: rollback-study-tests}
+search:
+  schedules: [finetune, base_cy]
+  seeds: [0, 1]
+  when:
+    base_cy: {schedule.periods: 2, schedule.period_epochs: 2, schedule.head_lr: 1.0e+6}
+tune:
+  num_samples: 2
+  max_concurrent: 2
+  resources: {cpu: 1, gpu: 0}
+"""
+
+
+# ----------------------------------------------------------------------------- child sweeps
+
+
+class Sweeps:
+    """Runs ``python -m study.sweep`` children with a private Ray, and kills everything they started."""
+
+    def __init__(self, tmp: Path):
+        self.tmp = tmp
+        self.run_id = uuid.uuid4().hex
+        self.sessions: set[int] = set()  # the children's process ids, which are their session ids
+        self.ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths are limited
+        keep = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "WANDB_"))}
+        self.env = {
+            **keep,
+            "PYTHONPATH": str(ROOT),
+            "RAY_AUTH_MODE": "disabled",
+            "RAY_TMPDIR": self.ray_tmp,
+            "TMPDIR": str(tmp),
+            "WANDB_MODE": "offline",
+            **{
+                name: str(tmp / name.lower())
+                for name in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR")
+            },
+            MARKER: self.run_id,
+        }
+
+    def command(self, space: Path, out: Path, *extra: str) -> list[str]:
+        return [sys.executable, "-m", "study.sweep", str(space), "--out", str(out), *extra]
+
+    def start(
+        self, space: Path, out: Path, *extra: str, env: dict | None = None, **pipes
+    ) -> subprocess.Popen:
+        command = self.command(space, out, *extra)
+        env = {**self.env, **(env or {})}
+        process = subprocess.Popen(command, cwd=self.tmp, env=env, start_new_session=True, **pipes)
+        self.sessions.add(process.pid)
+        return process
+
+    def run(self, space: Path, out: Path, *extra: str, **env: str) -> subprocess.CompletedProcess:
+        pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
+        process = self.start(space, out, *extra, env=env, **pipes)
+        stdout, stderr = process.communicate(timeout=240)
+        return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+    def processes(self) -> list[int]:
+        """Live processes in the children's sessions or with the marker (zombies have exited already)."""
+        needle = f"{MARKER}={self.run_id}".encode()
+        found = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                state, _, _, session = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[:4]
+                environ = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
+            except (OSError, ValueError):
+                continue
+            if state != "Z" and (int(session) in self.sessions or needle in environ):
+                found.append(int(entry))
+        return found
+
+    def kill_all(self) -> None:
+        """SIGKILL every process this run started, until none is left."""
+        deadline = time.monotonic() + 30
+        while pids := self.processes():
+            assert time.monotonic() < deadline, f"processes {pids} survive SIGKILL"
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.1)
+
+    def close(self) -> None:
+        self.kill_all()
+        shutil.rmtree(self.ray_tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def child_sweeps(tmp: Path):
+    sweeps = Sweeps(tmp)
+    try:
+        yield sweeps
+    finally:
+        sweeps.close()
+    assert not sweeps.processes()
+
+
+def read_table(path: Path) -> list[dict[str, str]]:
+    """A CSV that must be whole: a final newline, and every row exactly as many fields as the header."""
+    text = path.read_text()
+    assert text.endswith("\n"), f"{path} ends mid-line"
+    rows = list(csv.DictReader(io.StringIO(text)))
+    for row in rows:
+        assert None not in row and None not in row.values(), f"{path}: a row of the wrong length: {row}"
+    return rows
+
+
+def tune_snapshot(out: Path) -> dict[str, tuple[str, str | None]]:
+    """Ray's last saved experiment state: trial id -> (status, checkpoint of its last result)."""
+    states = {}
+    for path in (out / "tune").glob("experiment_state-*.json"):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):  # Ray is copying it right now
+            continue
+        for trial, meta in data["trial_data"]:
+            trial = json.loads(trial)
+            meta = json.loads(meta) if isinstance(meta, str) else meta
+            states[trial["trial_id"]] = (trial["status"], meta["last_result"].get("checkpoint_dir_name"))
+    return states
+
+
+def folder_state(folder: Path) -> dict[str, tuple[bytes, int]]:
+    return {
+        str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def metric_rows(run_dir: Path) -> list[dict[str, str]]:
+    """A run's metrics.csv rows without their empty cells (columns appear as later epochs add them)."""
+    rows = read_table(run_dir / "metrics.csv")
+    return [{k: v for k, v in row.items() if v != ""} for row in rows]
+
+
+def optuna_trials(out: Path, name: str) -> list:
+    import optuna
+
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{out / 'optuna.db'}").get_trials()
+
+
+# ----------------------------------------------------------------------------- kill -9 and --resume
+
+
+def test_kill_9_then_resume_keeps_finished_trials_and_continues_the_others(tmp_path, synthetic_dir):
+    space = tmp_path / "killed.yaml"
+    space.write_text(BASE.format(synthetic_dir=synthetic_dir) + KILLED_STUDY)
+    out = tmp_path / "study"
+    with child_sweeps(tmp_path) as sweeps:
+        log = tmp_path / "first.log"
+        with log.open("w") as file:
+            process = sweeps.start(space, out, stdout=file, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 90
+        while True:  # until Ray's snapshot holds one trial finished and the other with a checkpoint
+            states = tune_snapshot(out).values()
+            finished = [s for s, _ in states if s == "TERMINATED"]
+            if finished and any(s == "RUNNING" and c for s, c in states):
+                break
+            assert process.poll() is None, f"the study ended before it could be killed: {log.read_text()}"
+            assert time.monotonic() < deadline, f"no kill point within 90 s; Tune's snapshot: {states}"
+            time.sleep(0.05)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+        sweeps.kill_all()  # Ray's raylet, agents and workers outlive a killed driver
+
+        # The tables a kill left behind parse fully (they are only ever replaced whole).
+        results = read_table(out / "results.csv")
+        read_table(out / "epochs.csv")
+        done = [r for r in results if r["status"] == "finished"]
+        assert len(done) == 1
+        finished_id = done[0]["trial_id"]
+        finished_before = folder_state(out / "trials" / finished_id)
+        (other_id,) = {p.name for p in (out / "trials").iterdir()} - {finished_id}
+        other = out / "trials" / other_id
+        reached = max(sweep.checkpoint_epoch(p) for p in (other / "checkpoints").glob("epoch-*.pt"))
+        assert 1 <= reached < EPOCHS
+        metrics_before = metric_rows(other)
+
+        resumed = sweeps.run(space, out, "--resume")
+        assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+
+    # Each trial once in results.csv, both finished with every epoch.
+    results = read_table(out / "results.csv")
+    assert sorted(r["trial_id"] for r in results) == sorted([finished_id, other_id])
+    assert all(r["status"] == "finished" and r["epochs"] == str(EPOCHS) for r in results)
+    # The finished trial was not run again: its folder is untouched, file for file.
+    assert folder_state(out / "trials" / finished_id) == finished_before
+    # The other one continued from its newest checkpoint: the epochs up to it are the very rows
+    # written before the kill (timings included), and the trainer said where it resumed.
+    metrics_after = metric_rows(other)
+    assert metrics_after[:reached] == metrics_before[:reached]
+    assert [int(r["epoch"]) for r in metrics_after] == list(range(1, EPOCHS + 1))
+    assert f"resuming after epoch {reached}" in resumed.stdout
+    # epochs.csv holds every epoch of both trials once, as each trial's own metrics.csv has it.
+    epochs = read_table(out / "epochs.csv")
+    for trial_id in (finished_id, other_id):
+        rows = [r for r in epochs if r["trial_id"] == trial_id]
+        assert [int(r["epoch"]) for r in rows] == list(range(1, EPOCHS + 1))
+        assert [r["loss"] for r in rows] == [r["loss"] for r in metric_rows(out / "trials" / trial_id)]
+    # Optuna: still one trial for the one configuration, told the mean over both seeds once.
+    (trial,) = optuna_trials(out, "killed")
+    assert trial.state.name == "COMPLETE"
+    assert trial.value == pytest.approx(sum(float(r["final_val_mAP"]) for r in results) / 2)
+
+
+# ----------------------------------------------------------------------------- the W&B key, a divergence
+
+
+@pytest.fixture(scope="module")
+def key_study(tmp_path_factory, synthetic_dir):
+    """Run KEY_STUDY as a child process with WANDB_API_KEY set (W&B offline: nothing is sent)."""
+    tmp = tmp_path_factory.mktemp("key")
+    space = tmp / "keyed.yaml"
+    space.write_text(BASE.format(synthetic_dir=synthetic_dir) + KEY_STUDY)
+    out = tmp / "study"
+    with child_sweeps(tmp) as sweeps:
+        result = sweeps.run(space, out, WANDB_API_KEY=FAKE_KEY)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return out, space, result
+
+
+def test_the_wandb_key_is_never_printed_or_written(key_study):
+    out, _, result = key_study
+    assert len(list((out / "wandb").glob("offline-run-*"))) == 4  # W&B did log every trial
+    assert FAKE_KEY not in result.stdout and FAKE_KEY not in result.stderr
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert len(files) > 20
+    holding = [str(p.relative_to(out)) for p in files if FAKE_KEY.encode() in p.read_bytes()]
+    assert holding == []
+
+
+def test_diverged_trials_stop_at_once_and_the_study_goes_on(key_study):
+    out, _, _ = key_study
+    results = read_table(out / "results.csv")
+    epochs = read_table(out / "epochs.csv")
+    diverged = [r for r in results if r["schedule"] == "base_cy"]
+    assert len(diverged) == 2
+    for row in diverged:
+        assert (row["status"], row["epochs"], row["epochs_planned"]) == ("diverged", "0", "4")
+        rows = [r for r in epochs if r["trial_id"] == row["trial_id"]]
+        assert [(r["epoch"], r["diverged"]) for r in rows] == [("1", "True")]  # no epoch after it
+        summary = json.loads((out / row["run_dir"] / "summary.json").read_text())
+        assert summary["status"] == "diverged"
+    for row in results:
+        if row["schedule"] == "finetune":
+            assert (row["status"], row["epochs"]) == ("finished", "2")
+
+
+def test_optuna_records_a_diverged_configuration_as_failed(key_study):
+    out, _, _ = key_study
+    results = read_table(out / "results.csv")
+    trials = {t.params["schedule.name"]: t for t in optuna_trials(out, "keyed")}
+    assert set(trials) == {"finetune", "base_cy"}
+    assert trials["base_cy"].state.name == "FAIL" and trials["base_cy"].value is None
+    assert trials["finetune"].state.name == "COMPLETE"
+    finals = [float(r["final_val_mAP"]) for r in results if r["schedule"] == "finetune"]
+    assert trials["finetune"].value == pytest.approx(sum(finals) / len(finals))
+
+
+def test_a_folder_holding_another_study_is_refused_and_left_untouched(key_study, tmp_path):
+    out, space, _ = key_study
+    before = folder_state(out)
+    other = tmp_path / "other.yaml"
+    data = yaml.safe_load(space.read_text())
+    data["tune"]["num_samples"] = 4
+    other.write_text(yaml.safe_dump(data))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_AUTH_MODE": "disabled", "WANDB_MODE": "offline"}
+    for extra, message in (
+        ([], f"error: {out} already holds the study 'keyed'; pass --resume"),
+        (["--resume"], f"error: {out} holds a different study (section tune differs)"),
+    ):
+        command = [sys.executable, "-m", "study.sweep", str(other), "--out", str(out), *extra]
+        result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2
+        assert result.stderr.startswith(message) and result.stderr.count("\n") == 1
+    assert folder_state(out) == before
+
+
+# ----------------------------------------------------------------------------- without Ray
+
+
+def test_seed_repeater_fails_a_configuration_when_any_seed_fails(tmp_path):
+    """Optuna sees FAIL for a diverged or errored seed, the mean otherwise, PRUNED with no value at all."""
+    data = yaml.safe_load(BASE.format(synthetic_dir=tmp_path))
+    data |= {
+        "schedule": {"name": "finetune", "epochs": 2},
+        "search": {"seeds": [0, 1], "params": {"schedule.lr": {"loguniform": [1.0e-3, 1.0e-1]}}},
+        "tune": {"num_samples": 5},
+    }
+    space = search_space.parse_search_space(data, "seeds")
+    repeater = sweep.make_searcher(space, tmp_path)
+    assert isinstance(repeater, sweep.SeedRepeater)
+    ok, diverged = {"val_mAP": 0.25}, {"val_mAP": 0.0, "diverged": True}
+    outcomes = {  # configuration -> how each of its two seeds ends
+        "both_fine": [{"result": ok}, {"result": {"val_mAP": 0.75}}],
+        "second_diverged": [{"result": ok}, {"result": diverged}],
+        "first_diverged": [{"result": diverged}, {"result": ok}],
+        "errored": [{"error": True}, {"result": ok}],
+        "no_value": [{}, {}],
+    }
+    for name, ends in outcomes.items():
+        ids = [f"{name}-{seed}" for seed in range(2)]
+        configs = [repeater.suggest(trial_id) for trial_id in ids]
+        assert [c[sweep.TRIAL_INDEX] for c in configs] == [0, 1]
+        for trial_id, end in zip(ids, ends, strict=True):
+            repeater.on_trial_complete(trial_id, **end)
+    states = [(t.state.name, t.value) for t in optuna_trials(tmp_path, "seeds")]
+    assert states == [
+        ("COMPLETE", 0.5),
+        ("FAIL", None),
+        ("FAIL", None),
+        ("FAIL", None),
+        ("PRUNED", None),
+    ]
+
+
+class FakeTune:
+    """Stands in for ray.tune in the reporter: records each report's epoch and checkpoint files."""
+
+    def __init__(self):
+        self.reports = []
+
+    def report(self, metrics, checkpoint=None):
+        files = sorted(p.name for p in Path(checkpoint.path).iterdir()) if checkpoint else None
+        self.reports.append((metrics["epoch"], metrics["val_mAP"], files))
+
+
+@pytest.mark.parametrize(
+    ("tune_epoch", "reported"),
+    [(0, [1, 2, 3]), (1, [2, 3]), (3, [])],
+    ids=["tune-from-scratch", "tune-one-behind", "tune-up-to-date"],
+)
+def test_a_resumed_trial_reports_the_epochs_tune_missed(tmp_path, monkeypatch, tune_epoch, reported):
+    """Killed between the trainer's checkpoint and Tune's snapshot: the epochs between are reported again."""
+    import ray.tune
+
+    from schedules import build_schedule
+
+    fake = FakeTune()
+    monkeypatch.setattr(ray.tune, "report", fake.report)
+    plan = build_schedule({"name": "finetune", "epochs": 4}).plan()
+    run_dir = tmp_path / "trial"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "config.yaml").write_text("x")
+    rows = [
+        {"epoch": e, "period": 1, "loss": 1.0 / e, "val_mAP": e / 10 if e != 2 else ""} for e in (1, 2, 3, 4)
+    ]
+    with (run_dir / "metrics.csv").open("w") as file:  # epoch 4 trained, but no checkpoint of it yet
+        writer = csv.DictWriter(file, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    (run_dir / "checkpoints" / "epoch-0003-mid.pt").write_bytes(b"newest")
+    if tune_epoch:  # what restore_from_tune copies in from Tune's checkpoint
+        (run_dir / "checkpoints" / f"epoch-{tune_epoch:04d}-mid.pt").write_bytes(b"tune's")
+
+    reporter = sweep.EpochReporter(plan, search_space.TuneSettings(metric="val_mAP"), run_dir)
+    reporter.catch_up(tune_epoch)
+
+    assert [epoch for epoch, _, _ in fake.reports] == reported
+    # The metric is carried forward over epoch 2 (not validated) from the epochs before it.
+    assert [value for epoch, value, _ in fake.reports if epoch == 2] == [0.1] * (2 in reported)
+    if reported:  # the last one carries the checkpoint the trainer resumes from
+        assert fake.reports[-1][2] == ["config.yaml", "epoch-0003-mid.pt", "metrics.csv"]
+        assert all(files is None for _, _, files in fake.reports[:-1])
+    assert sweep.checkpoint_epoch(sweep.newest_checkpoint(run_dir)) == 3
+    assert reporter.epoch == 3 and reporter.last == 0.3
+
+
+def test_restore_from_tune_returns_the_epoch_it_restores(tmp_path):
+    from ray.tune import Checkpoint
+
+    saved = tmp_path / "tune-checkpoint"
+    saved.mkdir()
+    for name, data in (("epoch-0002-mid.pt", b"w"), ("config.yaml", b"c"), ("metrics.csv", b"m")):
+        (saved / name).write_bytes(data)
+    run_dir = tmp_path / "trial"
+    assert sweep.restore_from_tune(None, run_dir) == 0
+    assert sweep.restore_from_tune(Checkpoint.from_directory(str(saved)), run_dir) == 2
+    assert (run_dir / "checkpoints" / "epoch-0002-mid.pt").read_bytes() == b"w"
+    assert (run_dir / "metrics.csv").read_text() == "m"
+
+
+def test_a_search_space_never_expands_the_wandb_key(monkeypatch):
+    monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
+    with pytest.raises(UserError) as error:
+        search_space.expand_env({"wandb": {"tags": ["${WANDB_API_KEY}"]}})
+    message = str(error.value)
+    assert message.startswith("wandb.tags[0] uses ${WANDB_API_KEY}, a secret") and FAKE_KEY not in message
