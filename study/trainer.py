@@ -73,7 +73,8 @@ def train_run(
 
     if checkpoint is not None:
         optimizer, history = _restore(checkpoint, model, config, device)
-    batches = TrainBatches(data.train, config.train.batch_size, config.train.seed, device)
+    channels_last = device.type == "cuda" and config.train.channels_last
+    batches = TrainBatches(data.train, config.train.batch_size, config.train.seed, device, channels_last)
     autocast = _autocast(device, config.train.precision)
 
     for step in plan[len(history) :]:
@@ -194,12 +195,15 @@ class TrainBatches:
     run sees exactly the batches an uninterrupted one would.
     """
 
-    def __init__(self, train: ImageSet, batch_size: int, seed: int, device: torch.device):
+    def __init__(
+        self, train: ImageSet, batch_size: int, seed: int, device: torch.device, channels_last: bool = False
+    ):
         self.images = train.images.to(device)
         self.labels = train.labels.to(device)
         self.batch_size = batch_size
         self.seed = seed
         self.device = device
+        self.channels_last = channels_last
 
     def __len__(self) -> int:
         return len(self.images) // self.batch_size
@@ -207,11 +211,10 @@ class TrainBatches:
     def epoch(self, step: EpochPlan) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         generator = torch.Generator().manual_seed(self.seed * 100_003 + step.epoch)
         order = torch.randperm(len(self.images), generator=generator).to(self.device)
-        channels_last = self.device.type == "cuda"
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             index = order[start : start + self.batch_size]
             images = normalize(random_hflip(self.images[index], generator))
-            if channels_last:
+            if self.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             yield images, self.labels[index]
 
@@ -246,8 +249,8 @@ def train_epoch(
         correct += (logits.detach().argmax(dim=1) == labels).sum()
         seen += len(labels)
         steps += 1
-    seconds = time.perf_counter() - started
     loss_value = loss_sum.item() / seen  # the one host sync of the epoch
+    seconds = time.perf_counter() - started
     if not math.isfinite(loss_value):
         raise Diverged(f"training loss became {loss_value} in epoch {step.epoch}")
     record: dict[str, Any] = {"loss": loss_value, "accuracy": correct.item() / seen}

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from study import metrics
 from study.errors import UserError
 from study.metrics import pairwise_distance, rank_metrics
 
@@ -44,11 +45,21 @@ def one_query(dist_row, g_pids, g_cams, q_pid=1, q_cam=0, max_rank=5):
     return rank_metrics([dist_row], [q_pid], g_pids, [q_cam], g_cams, max_rank=max_rank)
 
 
+def assert_same_metrics(got, expected):
+    assert got["mAP"] == pytest.approx(expected["mAP"], abs=1e-12)
+    assert got["mINP"] == pytest.approx(expected["mINP"], abs=1e-12)
+    np.testing.assert_allclose(got["cmc"], expected["cmc"], atol=1e-12)
+    skipped = expected["skipped"] if "skipped" in expected else expected["num_skipped_queries"]
+    assert got["num_skipped_queries"] == skipped
+
+
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("ties", [False, True])
 @pytest.mark.parametrize("num_g", [61, 9])
-def test_matches_per_query_reference_on_random_problems(seed, ties, num_g):
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])  # two key paths of the counting method
+def test_matches_per_query_reference_on_random_problems(seed, ties, num_g, dtype):
     problem = random_problem(seed, num_g=num_g, ties=ties)
+    problem = (problem[0].astype(dtype), *problem[1:])
     expected = reference_metrics(*problem, max_rank=20)
     got = rank_metrics(*problem, max_rank=20)
     assert got["mAP"] == pytest.approx(expected["mAP"], abs=1e-12)
@@ -175,11 +186,90 @@ def test_numpy_and_torch_inputs_agree():
         assert other["mINP"] == pytest.approx(from_numpy["mINP"], abs=1e-12)
 
 
+def special_values_problem(seed):
+    """Ties among negative, zero (both signs), infinite and ordinary distances."""
+    dist, *ids = random_problem(seed, num_q=19, num_g=47)
+    rng = np.random.default_rng(seed)
+    values = np.array([-np.inf, -2.5, -1.0, -0.0, 0.0, 0.0, 1e-30, 0.25, 0.25, 3.0, np.inf, np.inf])
+    return rng.choice(values, size=dist.shape), *ids
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_negative_signed_zero_and_infinite_distances_rank_like_a_stable_sort(seed, dtype):
+    # -0.0 == 0.0 ties (lower gallery index first), as in torch.sort and the Python reference.
+    dist, *ids = special_values_problem(seed)
+    dist = dist.astype(dtype)
+    assert_same_metrics(rank_metrics(dist, *ids, max_rank=20), reference_metrics(dist, *ids, max_rank=20))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("chunk_size", [1, None])
+def test_nan_distances_rank_after_every_number(seed, dtype, chunk_size):
+    # A NaN match distance sends its chunk to the sort path; other NaNs (either sign bit, junk
+    # included) stay with the counting path of one-query chunks and must rank last there too.
+    dist, *ids = random_problem(seed, num_q=60)
+    rng = np.random.default_rng(seed)
+    nan = rng.random(dist.shape) < 0.1
+    with_nan = torch.from_numpy(np.where(nan, np.copysign(np.nan, rng.random(dist.shape) - 0.5), dist))
+    with_nan = with_nan.to(dtype)
+    as_inf = np.where(nan, np.inf, with_nan.double().numpy())  # no other inf: the same order
+    expected = reference_metrics(as_inf, *ids, max_rank=20)
+    assert_same_metrics(rank_metrics(with_nan, *ids, max_rank=20, chunk_size=chunk_size), expected)
+
+
+def test_float64_distances_closer_than_float32_resolution_stay_distinct():
+    # 1 + 1e-12 and 1 are one float32 value: float32 keys would tie them and rank the match second.
+    m = rank_metrics(np.array([[1.0 + 1e-12, 1.0, 2.0]]), [1], [2, 1, 1], [0], [1, 1, 1], max_rank=3)
+    assert m["cmc"].tolist() == [1.0, 1.0, 1.0]
+    assert m["mAP"] == pytest.approx((1 / 1 + 2 / 3) / 2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_distances_rank_as_their_float32_values(dtype):
+    dist, *ids = random_problem(8)
+    half = torch.from_numpy(dist).to(dtype)
+    assert_same_metrics(rank_metrics(half, *ids), rank_metrics(half.float(), *ids))
+    assert_same_metrics(rank_metrics(half, *ids), reference_metrics(half.double().numpy(), *ids, max_rank=50))
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_sort_path_used_when_keys_do_not_fit_gives_the_same_numbers(monkeypatch, ties):
+    problem = random_problem(9, ties=ties)
+    counted = rank_metrics(*problem, max_rank=20)
+    monkeypatch.setattr(metrics, "_KEY_BITS", 0)  # no (row, distance, index) key fits: every chunk sorts
+    sorted_ = rank_metrics(*problem, max_rank=20)
+    assert sorted_["mAP"] == pytest.approx(counted["mAP"], abs=1e-14)
+    assert sorted_["mINP"] == pytest.approx(counted["mINP"], abs=1e-14)
+    np.testing.assert_array_equal(sorted_["cmc"], counted["cmc"])
+    assert_same_metrics(sorted_, reference_metrics(*problem, max_rank=20))
+
+
+def test_unknown_and_distractor_query_identities():
+    # A pid -1 query has no true match (skipped); a pid 0 query matches distractors in other cameras.
+    dist, q_pids, g_pids, q_cams, g_cams = random_problem(10, ties=True)
+    q_pids[:4] = [-1, 0, -1, 0]
+    problem = (dist, q_pids, g_pids, q_cams, g_cams)
+    expected = reference_metrics(*problem, max_rank=20)
+    assert expected["skipped"] >= 2
+    assert_same_metrics(rank_metrics(*problem, max_rank=20), expected)
+
+
+def test_non_contiguous_distance_matrix():
+    dist, *ids = random_problem(11, ties=True)
+    transposed = torch.from_numpy(np.ascontiguousarray(dist.T)).T
+    assert not transposed.is_contiguous()
+    assert_same_metrics(rank_metrics(transposed, *ids), reference_metrics(dist, *ids, max_rank=50))
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_matches_cpu():
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_cuda_matches_cpu(dtype):
     dist, *ids = random_problem(5, num_q=300, num_g=900, ties=True)
+    dist = torch.from_numpy(dist).to(dtype)
     cpu = rank_metrics(dist, *ids, chunk_size=64)
-    cuda = rank_metrics(torch.from_numpy(dist).cuda(), *ids, chunk_size=64)
+    cuda = rank_metrics(dist.cuda(), *ids, chunk_size=64)
     assert cuda["mAP"] == pytest.approx(cpu["mAP"], abs=1e-12)
     np.testing.assert_array_equal(cuda["cmc"], cpu["cmc"])
 
