@@ -69,6 +69,9 @@ class TrainConfig:
     # "auto": bf16 autocast on CUDA, float32 on CPU.
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     channels_last: bool = True
+    # Where the decoded uint8 training images live: "auto" (on the GPU when they fit in half of its
+    # free memory, else pinned host memory), "always" (the training device) or "never" (host).
+    data_on_device: Literal["auto", "always", "never"] = "auto"
     compile: bool = False
     # Validation is always computed at every period end; also every N epochs when N > 0.
     eval_every: int = 0

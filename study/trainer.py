@@ -74,7 +74,15 @@ def train_run(
     if checkpoint is not None:
         optimizer, history = _restore(checkpoint, model, config, device)
     channels_last = device.type == "cuda" and config.train.channels_last
-    batches = TrainBatches(data.train, config.train.batch_size, config.train.seed, device, channels_last)
+    place = cache_placement(config, data.train.images, device)
+    batches = TrainBatches(
+        data.train,
+        config.train.batch_size,
+        config.train.seed,
+        device,
+        channels_last=channels_last,
+        place=place,
+    )
     autocast = _autocast(device, config.train.precision)
 
     for step in plan[len(history) :]:
@@ -191,14 +199,23 @@ def set_learning_rates(optimizer: torch.optim.Optimizer, rates: dict[str, float]
 class TrainBatches:
     """Shuffled, flipped, normalised batches from the decoded uint8 image cache.
 
-    The order and flips of an epoch depend only on (seed, epoch), so a resumed
-    run sees exactly the batches an uninterrupted one would.
+    The cache lives on the training device when it fits (``place="device"``); otherwise
+    (``place="host"``) it stays in pinned host memory and each uint8 batch is gathered there
+    and copied without blocking. The order and flips of an epoch depend only on (seed, epoch),
+    so a resumed run sees exactly the batches an uninterrupted one would.
     """
 
     def __init__(
-        self, train: ImageSet, batch_size: int, seed: int, device: torch.device, channels_last: bool = False
+        self,
+        train: ImageSet,
+        batch_size: int,
+        seed: int,
+        device: torch.device,
+        channels_last: bool = False,
+        place: str = "device",
     ):
-        self.images = train.images.to(device)
+        on_host = place == "host" and device.type == "cuda"
+        self.images = train.images.pin_memory() if on_host else train.images.to(device)
         self.labels = train.labels.to(device)
         self.batch_size = batch_size
         self.seed = seed
@@ -210,13 +227,26 @@ class TrainBatches:
 
     def epoch(self, step: EpochPlan) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         generator = torch.Generator().manual_seed(self.seed * 100_003 + step.epoch)
-        order = torch.randperm(len(self.images), generator=generator).to(self.device)
+        order = torch.randperm(len(self.images), generator=generator)
+        cache_order = order.to(self.images.device)
+        labels_order = order.to(self.device)
         for start in range(0, len(self) * self.batch_size, self.batch_size):
-            index = order[start : start + self.batch_size]
-            images = normalize(random_hflip(self.images[index], generator))
+            batch = self.images[cache_order[start : start + self.batch_size]]
+            images = normalize(random_hflip(batch.to(self.device, non_blocking=True), generator))
             if self.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
-            yield images, self.labels[index]
+            yield images, self.labels[labels_order[start : start + self.batch_size]]
+
+
+def cache_placement(config: RunConfig, images: torch.Tensor, device: torch.device) -> str:
+    """Where the uint8 cache lives: on the GPU when it takes under half its free memory ("auto")."""
+    choice = config.train.data_on_device
+    if choice != "auto":
+        return "device" if choice == "always" else "host"
+    if device.type != "cuda":
+        return "device"
+    free, _ = torch.cuda.mem_get_info(device)
+    return "device" if images.numel() < free // 2 else "host"
 
 
 def train_epoch(
