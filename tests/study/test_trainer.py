@@ -194,3 +194,21 @@ def test_a_run_folder_is_never_overwritten_without_resume(tiny_config, tmp_path)
     trainer.train_run(config, tmp_path / "run")
     with pytest.raises(UserError, match="already holds a run; pass --resume"):
         trainer.train_run(config, tmp_path / "run")
+
+
+def test_host_and_device_caches_give_the_same_batches(tiny_config):
+    from schedules import build_schedule
+    from study.data import load_data
+
+    config = tiny_config({"name": "finetune", "epochs": 1})
+    data = load_data(config.data)
+    step = build_schedule({"name": "finetune", "epochs": 1}).plan()[0]
+    device = torch.device("cpu")
+    on_device = list(trainer.TrainBatches(data.train, 16, 0, device, place="device").epoch(step))
+    on_host = list(trainer.TrainBatches(data.train, 16, 0, device, place="host").epoch(step))
+    assert len(on_device) == len(data.train.images) // 16 > 0
+    for (a, labels_a), (b, labels_b) in zip(on_device, on_host, strict=True):
+        assert torch.equal(a, b) and torch.equal(labels_a, labels_b)
+    assert trainer.cache_placement(config, data.train.images, device) == "device"
+    never = tiny_config({"name": "finetune", "epochs": 1}, train={"data_on_device": "never"})
+    assert trainer.cache_placement(never, data.train.images, device) == "host"
