@@ -7,7 +7,6 @@ batch ops), ``synthesize`` (the synthetic data set).
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import torch
@@ -24,12 +23,7 @@ from study.data.images import (
     random_hflip,
 )
 from study.data.split import validation_split
-from study.data.synthesize import synthesize, synthetic_name
 from study.errors import UserError
-
-# `python -m study.data.synthesize` runs a module this package has already imported; harmless here,
-# as the module does nothing on import, so runpy's warning about it would only confuse users.
-warnings.filterwarnings("ignore", r"'study\.data\.synthesize' found in sys\.modules", RuntimeWarning)
 
 __all__ = [
     "FORMATS",
@@ -45,7 +39,6 @@ __all__ = [
     "random_hflip",
     "read_dataset",
     "split_samples",
-    "synthesize",
     "synthetic_name",
     "validation_split",
 ]
@@ -100,6 +93,9 @@ def validation_identities(value: float, train: list[Sample]) -> int:
 
 def _resolve_root(config: DataConfig) -> Path:
     """The data set folder, generating the synthetic set on first use."""
+    # Imported here so that `python -m study.data.synthesize` does not find its module pre-imported.
+    from study.data.synthesize import synthesize, synthetic_name
+
     if config.root != "synthetic":
         return Path(config.root)
     params = config.synthetic
@@ -114,6 +110,8 @@ def _resolve_root(config: DataConfig) -> Path:
 
 
 def _display_name(config: DataConfig) -> str:
+    from study.data.synthesize import synthetic_name
+
     if config.root != "synthetic":
         return Path(config.root).resolve().stem
     params = config.synthetic
