@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from schedules.core import (
     BLOCKS,
@@ -13,6 +14,7 @@ from schedules.core import (
     ScheduleError,
     StepDecay,
     check_blocks,
+    require_decay_every,
     require_positive,
     shrink_perturb,
     uniform_lr,
@@ -70,13 +72,14 @@ class ShrinkPerturb(Schedule):
     lr: float = 0.01
     head_lr: float = 0.1
     head_lr_later: float = 0.01
-    decay_every: int = 20
+    decay_every: int | Literal["half"] = 20  # epochs, or "half" of each period
     gamma: float = 0.1
 
     def validate(self) -> None:
         _check_periods(self.periods)
         require_positive(period_epochs=self.period_epochs, lr=self.lr, head_lr=self.head_lr)
         require_positive(head_lr_later=self.head_lr_later)
+        require_decay_every(self.decay_every)
         check_blocks(self.blocks, "blocks")
         shrink_perturb(self.shrink, self.perturb)
 

@@ -28,6 +28,12 @@ def require_positive(**values: float) -> None:
             raise ScheduleError(f"requires positive {name}, got {name}={value!r}")
 
 
+def require_decay_every(decay_every: int | str) -> None:
+    """A StepDecay interval: a positive number of epochs, or "half" of each period."""
+    if decay_every != "half":
+        require_positive(decay_every=decay_every)
+
+
 # ----------------------------------------------------------------------------- resets
 
 
@@ -70,16 +76,23 @@ def shrink_perturb(shrink: float, perturb: float) -> Reset:
 
 @dataclass(frozen=True)
 class StepDecay:
-    """LR factor gamma ** (epoch // every) inside a period (torch StepLR)."""
+    """LR factor gamma ** (epoch // every) inside a period (torch StepLR).
 
-    every: int = 20
+    ``every="half"`` steps half-way through each period (rounded up), as the paper's StepLR(20) does in
+    its 40-epoch periods, so the step follows the period length when that is tuned.
+    """
+
+    every: int | str = 20
     gamma: float = 0.1
 
     def __post_init__(self) -> None:
-        require_positive(every=self.every, gamma=self.gamma)
+        if self.every != "half":
+            require_positive(every=self.every)
+        require_positive(gamma=self.gamma)
 
     def factor(self, epoch: int, epochs: int) -> float:
-        return self.gamma ** (epoch // self.every)
+        every = (epochs + 1) // 2 if self.every == "half" else self.every
+        return self.gamma ** (epoch // every)
 
 
 @dataclass(frozen=True)

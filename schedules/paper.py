@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import Literal
 
 from schedules.core import (
     BLOCKS,
@@ -13,6 +14,7 @@ from schedules.core import (
     ScheduleError,
     StepDecay,
     check_blocks,
+    require_decay_every,
     require_positive,
     uniform_lr,
 )
@@ -27,11 +29,12 @@ class Finetune(Schedule):
     epochs: int = 40
     lr: float = 0.01
     head_lr: float = 0.1
-    decay_every: int = 20
+    decay_every: int | Literal["half"] = 20  # epochs, or "half" of each period
     gamma: float = 0.1
 
     def validate(self) -> None:
         require_positive(epochs=self.epochs, lr=self.lr, head_lr=self.head_lr)
+        require_decay_every(self.decay_every)
 
     def build(self) -> list[Period]:
         decay = StepDecay(self.decay_every, self.gamma)
@@ -53,7 +56,7 @@ class RollbackSchedule(Schedule):
     retained_lr: float = 0.001
     head_lr: float = 0.1
     head_lr_later: float = 0.01
-    decay_every: int = 20
+    decay_every: int | Literal["half"] = 20  # epochs, or "half" of each period
     gamma: float = 0.1
 
     def validate(self) -> None:
@@ -64,6 +67,7 @@ class RollbackSchedule(Schedule):
             head_lr=self.head_lr,
             head_lr_later=self.head_lr_later,
         )
+        require_decay_every(self.decay_every)
 
     def retained_per_period(self) -> list[tuple[str, ...]]:
         raise NotImplementedError
@@ -141,7 +145,7 @@ class FcWarmup(Schedule):
     lr: float = 0.01
     head_lr: float = 0.1
     warmup_head_lr: float = 0.1
-    decay_every: int = 20
+    decay_every: int | Literal["half"] = 20  # epochs, or "half" of each period
     gamma: float = 0.1
 
     def validate(self) -> None:
@@ -152,6 +156,7 @@ class FcWarmup(Schedule):
             head_lr=self.head_lr,
             warmup_head_lr=self.warmup_head_lr,
         )
+        require_decay_every(self.decay_every)
 
     def build(self) -> list[Period]:
         decay = StepDecay(self.decay_every, self.gamma)

@@ -8,6 +8,7 @@ class itself.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import types
 import typing
@@ -195,6 +196,13 @@ def _build(cls: type, data: Any, where: str) -> Any:
     return cls(**values)
 
 
+def _describe(hint: Any) -> str:
+    if typing.get_origin(hint) is Literal:
+        return " or ".join(map(str, typing.get_args(hint)))
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+    return names.get(hint, getattr(hint, "__name__", str(hint)))
+
+
 def convert_value(hint: Any, value: Any, where: str) -> Any:
     """Check ``value`` against the type ``hint`` (int, float, bool, str, list, dict, Literal, Optional)."""
     if dataclasses.is_dataclass(hint):
@@ -208,8 +216,13 @@ def convert_value(hint: Any, value: Any, where: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return convert_value(inner, value, where)
+        alternatives = [a for a in args if a is not type(None)]
+        if len(alternatives) == 1:
+            return convert_value(alternatives[0], value, where)
+        for inner in alternatives:
+            with contextlib.suppress(UserError):
+                return convert_value(inner, value, where)
+        raise UserError(f"{where} must be {' or '.join(map(_describe, alternatives))}, got {value!r}")
     if origin is dict:
         if not isinstance(value, dict):
             raise UserError(f"{where} must be a mapping, got {value!r}")

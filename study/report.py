@@ -1,17 +1,23 @@
-"""``python -m study.report DIR [--final]``: DIR/report.md and plots of a study made by ``study.sweep``.
+"""``python -m study.report DIR [DIR ...] [--final] [--out FILE]``: reports of studies made by study.sweep.
 
 The report compares the schedules (each schedule's best configuration, mean ± std over its
 seeds), names the best configuration, ranks the tuned parameters by importance (Optuna's
-PED-ANOVA on DIR/optuna.db), and plots validation mAP, training loss and gradient norms against
-the epoch (like the paper's Figures 4 and 5) and each tuned parameter against mAP.
-``--final`` retrains the best configuration, and the best ``finetune`` one for comparison, on
-every training identity with ``data.evaluate_on=test`` (into DIR/final/) and adds test mAP and rank-1.
+PED-ANOVA on DIR/optuna.db), tabulates each block's gradient norm against fine-tuning's, and plots
+validation mAP, training loss and gradient norms against the epoch (like the paper's Figures 4
+and 5) and each tuned parameter against mAP.
+``--final`` retrains the best configuration and the fine-tuning baseline (the best ``finetune``
+configuration, or ``finetune`` for the same number of epochs when the study has none) on every
+training identity with ``data.evaluate_on=test``, once per seed of the study (into DIR/final/),
+and adds their test mAP and rank-1.
+By default the report is DIR/report.md with plots in DIR/plots/; ``--out FILE`` writes it (of one
+or several studies) to FILE, with plots in a folder named after FILE beside it.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import math
 from dataclasses import dataclass
@@ -99,20 +105,41 @@ def load_study(folder: str | Path) -> Study:
 
 def write_report(study: Study, final: list[dict[str, Any]] | None = None) -> Path:
     """Write DIR/report.md and DIR/plots/*.png; returns the report's path."""
-    plots = write_plots(study)
-    lines = [f"# Study {study.name}", "", _overview(study), ""]
-    lines += ["## Schedules", "", *schedules_table(study), ""]
-    lines += ["## Best configuration", "", *best_configuration(study), ""]
-    lines += ["## Parameter importance", "", *importance_section(study), ""]
+    path = study.folder / "report.md"
+    atomic_write_text(path, "\n".join(study_lines(study, final, study.folder / PLOTS, path.parent)) + "\n")
+    return path
+
+
+def write_combined_report(studies: list[tuple[Study, list[dict[str, Any]] | None]], path: Path) -> Path:
+    """Write the report of one or several studies to ``path``, plots in ``path``'s stem folder beside it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [] if len(studies) == 1 else [f"# Studies {', '.join(s.name for s, _ in studies)}", ""]
+    for study, final in studies:
+        plots = path.parent / path.stem / study.name
+        lines += study_lines(study, final, plots, path.parent, level=1 if len(studies) == 1 else 2)
+        lines.append("")
+    atomic_write_text(path, "\n".join(lines).rstrip("\n") + "\n")
+    return path
+
+
+def study_lines(
+    study: Study, final: list[dict[str, Any]] | None, plots_folder: Path, relative_to: Path, level: int = 1
+) -> list[str]:
+    """The markdown of one study's report; its plots are written to ``plots_folder``."""
+    plots = write_plots(study, plots_folder)
+    h1, h2 = "#" * level, "#" * (level + 1)
+    lines = [f"{h1} Study {study.name}", "", _overview(study), ""]
+    lines += [f"{h2} Schedules", "", *schedules_table(study), ""]
+    lines += [f"{h2} Best configuration", "", *best_configuration(study), ""]
+    lines += [f"{h2} Parameter importance", "", *importance_section(study), ""]
+    lines += [f"{h2} Gradient norm per block", "", *gradient_table(study), ""]
     if final:
-        lines += ["## Test set (retrained on every training identity)", "", *final_table(final), ""]
-    lines += ["## Plots", ""]
-    lines += [f"![{title}]({PLOTS}/{path.name})" for title, path in plots.items()] or [
+        lines += [f"{h2} Test set (retrained on every training identity)", "", *final_table(final), ""]
+    lines += [f"{h2} Plots", ""]
+    lines += [f"![{title}]({path.relative_to(relative_to).as_posix()})" for title, path in plots.items()] or [
         "No epochs reported yet."
     ]
-    path = study.folder / "report.md"
-    atomic_write_text(path, "\n".join(lines) + "\n")
-    return path
+    return lines
 
 
 def _overview(study: Study) -> str:
@@ -207,27 +234,82 @@ def importance_section(study: Study) -> list[str]:
 
 
 def final_table(final: list[dict[str, Any]]) -> list[str]:
-    lines = ["| run | schedule | test mAP | test rank-1 | epochs | folder |", "|---|---|---|---|---|---|"]
-    for run in final:
-        s = run["summary"]
+    """Test mAP and rank-1 of the final models, mean ± std over seeds per retrained configuration."""
+    runs = pd.DataFrame(
+        {
+            "label": run["label"],
+            "schedule": run["summary"]["schedule"],
+            "seed": run["seed"],
+            "mAP": run["summary"].get("final_test_mAP"),
+            "rank1": run["summary"].get("final_test_rank1"),
+            "epochs": run["summary"]["epochs"],
+            "folder": run["folder"],
+        }
+        for run in final
+    )
+    lines = [
+        "| run | schedule | test mAP | test rank-1 | seeds | mAP per seed | epochs | folders |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for label, runs_of in runs.groupby("label", sort=False):
+        seeds = zip(runs_of["seed"], runs_of["mAP"], strict=True)
+        per_seed = ", ".join(f"{mAP * 100:.2f} (seed {seed})" for seed, mAP in seeds)
+        folders = ", ".join(sorted({str(Path(f).parent) for f in runs_of["folder"]}))
+        mAP, rank1 = runs_of["mAP"], runs_of["rank1"]
         lines.append(
-            f"| {run['label']} | {s['schedule']} | {_percent(s.get('final_test_mAP'))} "
-            f"| {_percent(s.get('final_test_rank1'))} | {s['epochs']} | {run['folder']} |"
+            f"| {label} | {runs_of['schedule'].iloc[0]} | {_pm(mAP.mean(), mAP.std(ddof=0))} "
+            f"| {_pm(rank1.mean(), rank1.std(ddof=0))} | {len(runs_of)} | {per_seed} "
+            f"| {runs_of['epochs'].iloc[0]} | {folders} |"
         )
-    lines += ["", "Values of the final model (no selection on the test set)."]
+    lines += ["", "Values of the final model (no selection on the test set); mean ± std over seeds, in %."]
+    means = runs.groupby("label", sort=False)["mAP"].mean()
+    if {"best", "finetune"} <= set(means.index):
+        gap = (means["best"] - means["finetune"]) * 100
+        spread = runs[runs["label"] == "finetune"]["mAP"].std(ddof=0) * 100
+        lines.append(
+            f"The best configuration minus fine-tuning: {gap:+.2f} mAP points "
+            f"(fine-tuning's std over seeds: {spread:.2f})."
+        )
+    return lines
+
+
+def gradient_table(study: Study) -> list[str]:
+    """Each block's gradient norm over the second half of training, per schedule, relative to finetune."""
+    curves = best_curves(study)
+    columns = [c for c in curves.columns if c.startswith("grad_norm_")]
+    if curves.empty or not columns:
+        return ["No gradient norms reported yet."]
+    late = curves[curves["epoch"] > curves.groupby("trial_id")["epoch"].transform("max") / 2]
+    means = late.groupby("schedule")[columns].mean()
+    means = means.reindex([s for s in study.best_per_schedule()["schedule"] if s in means.index])
+    blocks = [c.removeprefix("grad_norm_") for c in columns]
+    has_baseline = "finetune" in means.index
+    lines = [
+        "Mean gradient norm of each block over the second half of each run's epochs (mean over the "
+        "epoch's steps, then over epochs and seeds)"
+        + ("; in brackets, the ratio to `finetune`'s at the same epochs." if has_baseline else "."),
+        "",
+        f"| schedule | {' | '.join(blocks)} |",
+        f"|---|{'---|' * len(blocks)}",
+    ]
+    for schedule, row in means.iterrows():
+        cells = []
+        for column in columns:
+            ratio = row[column] / means.loc["finetune", column] if has_baseline else math.nan
+            cells.append(f"{row[column]:.3g}" + ("" if math.isnan(ratio) else f" ({ratio:.2f}×)"))
+        lines.append(f"| {schedule} | {' | '.join(cells)} |")
     return lines
 
 
 # ----------------------------------------------------------------------------- plots
 
 
-def write_plots(study: Study) -> dict[str, Path]:
-    """PNG plots into DIR/plots; returns title -> path for those that had data."""
+def write_plots(study: Study, folder: Path) -> dict[str, Path]:
+    """PNG plots into ``folder``; returns title -> path for those that had data."""
     import matplotlib
 
     matplotlib.use("Agg")
-    folder = study.folder / PLOTS
-    folder.mkdir(exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
     curves = best_curves(study)
     plots: dict[str, Path] = {}
     if not curves.empty:
@@ -261,6 +343,7 @@ def _line_plot(rows: pd.DataFrame, column: str, scale: float, label: str, path: 
     from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    _distinct_colors(ax, rows["schedule"].nunique())
     for schedule, group in rows.groupby("schedule", sort=False):
         stats = (group.groupby("epoch")[column].agg(["mean", "min", "max"]) * scale).reset_index()
         (line,) = ax.plot(stats["epoch"], stats["mean"], marker="o", markersize=3, label=schedule)
@@ -268,7 +351,7 @@ def _line_plot(rows: pd.DataFrame, column: str, scale: float, label: str, path: 
     ax.set(xlabel="epoch", ylabel=label, title=f"{label}: mean over seeds (band: min to max)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize="small", ncol=2 if rows["schedule"].nunique() > 6 else 1)
     return _save(fig, path)
 
 
@@ -278,6 +361,7 @@ def _grad_plot(rows: pd.DataFrame, path: Path) -> Path:
     columns = [c for c in rows.columns if c.startswith("grad_norm_")]
     fig, axes = plt.subplots(2, math.ceil(len(columns) / 2), figsize=(12, 6.5), squeeze=False)
     for ax, column in zip(axes.flat, columns, strict=False):
+        _distinct_colors(ax, rows["schedule"].nunique())
         for schedule, group in rows.groupby("schedule", sort=False):
             mean = group.groupby("epoch")[column].mean()
             ax.plot(mean.index, mean.values, label=schedule)
@@ -299,6 +383,7 @@ def _param_plot(study: Study, path: Path) -> Path | None:
         return None
     fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 4), squeeze=False)
     for ax, key in zip(axes.flat, keys, strict=True):
+        _distinct_colors(ax, results["schedule"].nunique())
         numeric = pd.to_numeric(results[key], errors="coerce")
         for schedule, group in results.groupby("schedule", sort=False):
             x = numeric[group.index] if numeric.notna().any() else group[key].astype(str)
@@ -309,6 +394,14 @@ def _param_plot(study: Study, path: Path) -> Path | None:
         ax.grid(alpha=0.3)
     axes.flat[0].legend(fontsize="small")
     return _save(fig, path)
+
+
+def _distinct_colors(ax: Any, count: int) -> None:
+    """Matplotlib's default cycle repeats after 10 colours; studies may compare more schedules."""
+    if count > 10:
+        import matplotlib
+
+        ax.set_prop_cycle(color=matplotlib.colormaps["tab20"].colors[:count])
 
 
 def _save(fig: Any, path: Path) -> Path:
@@ -324,35 +417,53 @@ def _save(fig: Any, path: Path) -> Path:
 
 
 def retrain_final(study: Study) -> list[dict[str, Any]]:
-    """Retrain the best configuration (and the best finetune one) with evaluate_on=test into DIR/final/."""
+    """Retrain the best configuration and the fine-tuning baseline on the test protocol, once per seed.
+
+    Runs go to DIR/final/LABEL/seed-N; finished ones are read back, interrupted ones resumed.
+    """
+    from schedules import build_schedule
+    from study.config import config_from_dict
     from study.search_space import SCHEDULE_KEY, SEED_KEY, parse_search_space
     from study.trainer import train_run
 
     best = study.best_per_schedule().dropna(subset=["mAP_mean"])
     if best.empty:
         raise UserError("no trial has been validated yet; nothing to retrain")
-    chosen = {"best": best.iloc[0]}
-    finetune = best[best["schedule"] == "finetune"]
-    if not finetune.empty and best.iloc[0]["schedule"] != "finetune":
-        chosen["finetune"] = finetune.iloc[0]
     source = {k: v for k, v in study.saved.items() if k != "_name"}
     space = parse_search_space(source, study.name)
+
+    def configuration(row: pd.Series) -> dict[str, Any]:
+        sampled = {SCHEDULE_KEY: row["schedule"]}
+        return sampled | {k: _cell(row[k]) for k in study.keys if not _missing(row[k])}
+
+    chosen = {"best": lambda seed: space.run_config(configuration(best.iloc[0]) | {SEED_KEY: seed})}
+    finetune = best[best["schedule"] == "finetune"]
+    if best.iloc[0]["schedule"] != "finetune" and not finetune.empty:
+        chosen["finetune"] = lambda seed: space.run_config(configuration(finetune.iloc[0]) | {SEED_KEY: seed})
+    elif best.iloc[0]["schedule"] != "finetune":
+        # The paper's baseline, one period with LR x0.1 half-way, for as many epochs as the best trains.
+        epochs = build_schedule(chosen["best"](0).schedule).total_epochs
+        baseline = space.base_for("finetune")
+        baseline["schedule"] |= {"epochs": epochs, "decay_every": "half"}
+        chosen["finetune"] = lambda seed: config_from_dict(
+            copy.deepcopy(baseline), [f"train.seed={seed}", "train.progress=false"]
+        )
     runs = []
-    for label, row in chosen.items():
-        trial = study.results.set_index("trial_id").loc[row["trial_ids"][0]]
-        sampled = {SCHEDULE_KEY: row["schedule"], SEED_KEY: int(trial[SEED])}
-        sampled |= {k: _cell(row[k]) for k in study.keys if not _missing(row[k])}
-        config = space.run_config(sampled)
-        config.data.evaluate_on = "test"
-        config.train.progress = True
-        folder = study.folder / "final" / label
-        summary_file = folder / "summary.json"
-        if summary_file.exists():
-            summary = json.loads(summary_file.read_text())
-        else:
-            print(f"retraining {label} ({row['schedule']}) on the test protocol into {folder}")
-            summary = train_run(config, folder, resume=True)
-        runs.append({"label": label, "summary": summary, "folder": str(folder.relative_to(study.folder))})
+    for label, make_config in chosen.items():
+        for seed in space.seeds:
+            config = make_config(seed)
+            config.data.evaluate_on = "test"
+            config.train.progress = True
+            folder = study.folder / "final" / label / f"seed-{seed}"
+            summary_file = folder / "summary.json"
+            if summary_file.exists():
+                summary = json.loads(summary_file.read_text())
+            else:
+                what = f"{label} ({config.schedule['name']}, seed {seed})"
+                print(f"retraining {what} on the test protocol into {folder}")
+                summary = train_run(config, folder, resume=True)
+            where = str(folder.relative_to(study.folder))
+            runs.append({"label": label, "seed": seed, "summary": summary, "folder": where})
     return runs
 
 
@@ -402,15 +513,26 @@ def _quiet_warnings():
 @cli
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m study.report", description=__doc__.splitlines()[0])
-    parser.add_argument("folder", help="study folder written by python -m study.sweep")
+    parser.add_argument("folders", nargs="+", metavar="DIR", help="a folder made by python -m study.sweep")
     parser.add_argument(
-        "--final", action="store_true", help="retrain the best configuration on the test protocol (slow)"
+        "--final",
+        action="store_true",
+        help="retrain the best configuration and fine-tuning on the test protocol, once per seed (slow)",
+    )
+    parser.add_argument(
+        "--out", type=Path, help="the report's file, plots in a folder named after it (default DIR/report.md)"
     )
     args = parser.parse_args(argv)
-    study = load_study(args.folder)
-    final = retrain_final(study) if args.final else None
-    path = write_report(study, final)
-    print(f"wrote {path} and plots in {study.folder / PLOTS}")
+    if len(args.folders) > 1 and args.out is None:
+        raise UserError("several study folders make one report: name its file with --out FILE")
+    studies = [load_study(folder) for folder in args.folders]
+    reports = [(study, retrain_final(study) if args.final else None) for study in studies]
+    if args.out is None:
+        path = write_report(*reports[0])
+        print(f"wrote {path} and plots in {reports[0][0].folder / PLOTS}")
+    else:
+        path = write_combined_report(reports, args.out)
+        print(f"wrote {path} and plots in {args.out.parent / args.out.stem}")
 
 
 if __name__ == "__main__":

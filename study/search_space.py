@@ -4,6 +4,8 @@ The format (see study/sweep.py for how a study runs it)::
 
     search:
       schedules: [finetune, incremental_rollback]   # compared side by side, assigned round robin
+      variants:                                      # optional: named variants, listed in schedules
+        keep_B3: {name: block_order, retained: [[], [B3]]}
       seeds: [0, 1]                                  # every sampled configuration runs once per seed
       params:                                        # dotted run-config key: distribution or fixed value
         schedule.lr: {loguniform: [3.0e-3, 3.0e-2]}  # also uniform, int, intlog (bounds inclusive), choice
@@ -23,6 +25,8 @@ The format (see study/sweep.py for how a study runs it)::
 
 The base ``schedule`` section is the first compared schedule's; a compared schedule keeps the base
 parameters it also has and gets the others from ``params`` (those it lacks are dropped) and ``when``.
+A variant is a schedule section under a label of its own (one schedule with several settings, such as
+the paper's Table 1 ablation): its parameters override the base ones, and results are grouped by label.
 ``${NAME}`` in any value is replaced by the environment variable NAME (``data.root: ${MARKET1501_ROOT}``),
 except secrets such as ``${WANDB_API_KEY}``: values end up in DIR/study.yaml, run configs and W&B.
 Everything is checked here, before Ray starts: bad input is one line and exit status 2.
@@ -46,7 +50,7 @@ from study.errors import UserError, closest, unknown
 SCHEDULE_KEY = "schedule.name"
 SEED_KEY = "train.seed"
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "intlog", "choice")
-SEARCH_KEYS = ("schedules", "seeds", "params", "when")
+SEARCH_KEYS = ("schedules", "variants", "seeds", "params", "when")
 TUNE_KEYS = (
     "metric",
     "mode",
@@ -121,12 +125,13 @@ class SearchSpace:
 
     name: str
     base: dict[str, Any]
-    schedules: tuple[str, ...]
+    schedules: tuple[str, ...]  # registered schedule names or variant labels
     seeds: tuple[int, ...]
     params: tuple[Param, ...]
     when: dict[str, tuple[Param, ...]]
     tune: TuneSettings
     source: dict[str, Any]  # the resolved file, saved as DIR/study.yaml
+    variants: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # label -> schedule section
 
     @property
     def num_trials(self) -> int:
@@ -134,7 +139,7 @@ class SearchSpace:
 
     def params_for(self, schedule: str) -> list[Param]:
         """The parameters a trial of ``schedule`` samples or sets, in file order."""
-        fields = schedule_fields(schedule)
+        fields = label_fields(schedule, self.variants)
         common = [p for p in self.params if p.schedule_param is None or p.schedule_param in fields]
         return common + list(self.when.get(schedule, ()))
 
@@ -150,11 +155,12 @@ class SearchSpace:
         return list(dict.fromkeys(([SCHEDULE_KEY] if len(self.schedules) > 1 else []) + tuned))
 
     def base_for(self, schedule: str) -> dict[str, Any]:
-        """The base run config with its schedule section switched to ``schedule``."""
+        """The base run config with its schedule section switched to ``schedule`` (a name or a variant)."""
         data = copy.deepcopy(self.base)
-        fields = schedule_fields(schedule)
+        variant = copy.deepcopy(self.variants.get(schedule, {"name": schedule}))
+        fields = schedule_fields(variant["name"])
         kept = {k: v for k, v in data["schedule"].items() if k in fields}
-        data["schedule"] = {"name": schedule, **kept}
+        data["schedule"] = {**kept, **variant}
         return data
 
     def run_config(self, sampled: dict[str, Any]) -> RunConfig:
@@ -229,12 +235,13 @@ def parse_search_space(data: dict[str, Any], name: str) -> SearchSpace:
     base_config = config_from_dict(base)  # unknown sections and bad values of the base config
     base = base_config.to_dict()
     search = _mapping(data.get("search"), "search", SEARCH_KEYS)
-    schedules = _schedules(search.get("schedules", [base_config.schedule["name"]]))
+    variants = _variants(search.get("variants"))
+    schedules = _schedules(search.get("schedules", [base_config.schedule["name"]]), variants)
     seeds = _seeds(search.get("seeds", [base_config.train.seed]))
-    params = _params(search.get("params"), "search.params", schedules)
-    when = _when(search.get("when"), schedules, params)
+    params = _params(search.get("params"), "search.params", schedules, variants)
+    when = _when(search.get("when"), schedules, params, variants)
     tune = _tune(data.get("tune"), base_config.data.evaluate_on, len(schedules))
-    space = SearchSpace(name, base, schedules, seeds, params, when, tune, data)
+    space = SearchSpace(name, base, schedules, seeds, params, when, tune, data, variants)
     _check_values(space)
     return space
 
@@ -272,6 +279,11 @@ def schedule_fields(name: str) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(schedule_class(name)) if f.init)
 
 
+def label_fields(label: str, variants: dict[str, dict[str, Any]]) -> tuple[str, ...]:
+    """The parameters of a compared schedule, given by its registered name or a variant label."""
+    return schedule_fields(variants[label]["name"] if label in variants else label)
+
+
 def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     """``set_dotted(d, "train.batch_size", 32)`` sets ``d["train"]["batch_size"]`` (value kept as it is)."""
     *parents, leaf = key.split(".")
@@ -306,7 +318,32 @@ def _choices(args: Any, where: str) -> tuple:
     return tuple(args)
 
 
-def _schedules(value: Any) -> tuple[str, ...]:
+def _variants(value: Any) -> dict[str, dict[str, Any]]:
+    from schedules import registered, schedule_class
+
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise UserError(f"search.variants must map labels to schedule sections, got {value!r}")
+    variants = {}
+    for label, section in value.items():
+        where = f"search.variants.{label}"
+        if not isinstance(section, dict) or not isinstance(section.get("name"), str):
+            raise UserError(f"{where} must be a schedule section with a name, such as {{name: block_order}}")
+        if label in registered():
+            raise UserError(f"{where}: {label!r} names a registered schedule; give the variant another label")
+        schedule_class(section["name"])  # unknown names: one line with the registered ones
+        fields = schedule_fields(section["name"])
+        for key in section:
+            if key != "name" and key not in fields:
+                name, hint = section["name"], closest(str(key), fields)
+                valid = ", ".join(fields)
+                raise UserError(f"{where}: schedule {name!r} has no parameter {key!r}{hint}; valid: {valid}")
+        variants[str(label)] = dict(section)
+    return variants
+
+
+def _schedules(value: Any, variants: dict[str, dict[str, Any]]) -> tuple[str, ...]:
     from schedules import schedule_class
 
     if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
@@ -314,7 +351,11 @@ def _schedules(value: Any) -> tuple[str, ...]:
     if len(set(value)) != len(value):
         raise UserError(f"search.schedules names a schedule twice: {value}")
     for name in value:
-        schedule_class(name)  # unknown names: one line with the registered ones
+        if name not in variants:
+            schedule_class(name)  # unknown names: one line with the registered ones
+    unused = [label for label in variants if label not in value]
+    if unused:
+        raise UserError(f"search.variants: {', '.join(unused)} not listed in search.schedules")
     return tuple(value)
 
 
@@ -327,26 +368,28 @@ def _seeds(value: Any) -> tuple[int, ...]:
     return tuple(value)
 
 
-def _params(value: Any, where: str, schedules: tuple[str, ...]) -> tuple[Param, ...]:
+def _params(
+    value: Any, where: str, schedules: tuple[str, ...], variants: dict[str, dict[str, Any]]
+) -> tuple[Param, ...]:
     if value is None:
         return ()
     if not isinstance(value, dict):
         raise UserError(f"{where} must map dotted run-config keys to distributions, got {value!r}")
     params = []
     for key, spec in value.items():
-        _check_key(str(key), where, schedules)
+        _check_key(str(key), where, schedules, variants)
         params.append(parse_param(str(key), spec, where))
     return tuple(params)
 
 
-def _check_key(key: str, where: str, schedules: tuple[str, ...]) -> None:
+def _check_key(key: str, where: str, schedules: tuple[str, ...], variants: dict[str, dict[str, Any]]) -> None:
     if key == SCHEDULE_KEY:
         raise UserError(f"{where}.{key}: list the compared schedules in search.schedules instead")
     if key == SEED_KEY:
         raise UserError(f"{where}.{key}: list the seeds in search.seeds instead")
     section, _, rest = key.partition(".")
     if section == "schedule":
-        fields = sorted({f for s in schedules for f in schedule_fields(s)})
+        fields = sorted({f for s in schedules for f in label_fields(s, variants)})
         if rest not in fields:
             raise UserError(
                 f"{where}: no compared schedule ({', '.join(schedules)}) has a parameter {rest!r}"
@@ -376,7 +419,9 @@ def _check_run_key(key: str, where: str) -> None:
         cls = hint
 
 
-def _when(value: Any, schedules: tuple[str, ...], params: tuple[Param, ...]) -> dict[str, tuple[Param, ...]]:
+def _when(
+    value: Any, schedules: tuple[str, ...], params: tuple[Param, ...], variants: dict[str, dict[str, Any]]
+) -> dict[str, tuple[Param, ...]]:
     if value is None:
         return {}
     if not isinstance(value, dict):
@@ -389,7 +434,7 @@ def _when(value: Any, schedules: tuple[str, ...], params: tuple[Param, ...]) -> 
         where = f"search.when.{schedule}"
         if not isinstance(entries, dict):
             raise UserError(f"{where} must map dotted run-config keys to distributions, got {entries!r}")
-        fields = schedule_fields(schedule)
+        fields = label_fields(schedule, variants)
         for key in entries:
             section, _, rest = str(key).partition(".")
             if section == "schedule" and rest not in fields and key != SCHEDULE_KEY:
@@ -399,7 +444,7 @@ def _when(value: Any, schedules: tuple[str, ...], params: tuple[Param, ...]) -> 
                 )
             if key in common:
                 raise UserError(f"{where}.{key} is also in search.params; keep one of them")
-        when[schedule] = _params(entries, where, (schedule,))
+        when[schedule] = _params(entries, where, (schedule,), variants)
     return when
 
 

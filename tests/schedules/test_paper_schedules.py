@@ -3,6 +3,7 @@
 import pytest
 
 from schedules import BLOCKS, GROUPS, build_schedule
+from study.errors import UserError
 
 # PAPER_NOTES.md: learning rates at the start of each period (official code).
 OFFICIAL_TABLE = {
@@ -39,6 +40,24 @@ def test_incremental_rollback_default_is_the_official_table_epoch_by_epoch():
 def test_step_decay_values_around_the_boundaries(epoch, expected):
     plan = build_schedule({"name": "incremental_rollback"}).plan()
     assert plan[epoch - 1].lr["B5"] == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(("period_epochs", "high_epochs"), [(40, 20), (3, 2), (2, 1), (1, 1)])
+def test_half_decay_steps_half_way_through_each_period(period_epochs, high_epochs):
+    half = build_schedule(
+        {"name": "incremental_rollback", "period_epochs": period_epochs, "decay_every": "half"}
+    )
+    rates = [epoch.lr["B5"] for epoch in half.plan()]
+    one_period = [0.01] * high_epochs + [pytest.approx(0.001)] * (period_epochs - high_epochs)
+    assert rates == one_period * 4
+    if period_epochs == 40:  # the paper's StepLR(20)
+        assert rates == [epoch.lr["B5"] for epoch in build_schedule({"name": "incremental_rollback"}).plan()]
+
+
+@pytest.mark.parametrize("value", ["halve", 0, 2.5])
+def test_decay_every_is_whole_epochs_or_half(value):
+    with pytest.raises(UserError, match="decay_every"):
+        build_schedule({"name": "finetune", "epochs": 4, "decay_every": value}).plan()
 
 
 def test_incremental_rollback_parameters_change_the_plan():

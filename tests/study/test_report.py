@@ -146,15 +146,67 @@ def test_folder_without_a_study_is_one_line_error(tmp_path, capsys):
     assert err == f"error: {tmp_path} holds no study (no study.yaml); run python -m study.sweep first\n"
 
 
-def test_final_retrains_the_best_and_finetune_on_the_test_protocol(tmp_path, synthetic_dir):
+def test_gradient_table_compares_each_block_with_finetune(tmp_path, synthetic_dir):
+    write_study(tmp_path, synthetic_dir)
+    lines = report.gradient_table(report.load_study(tmp_path))
+    # Second half of each run: finetune's epoch 2 (norm 3.0); rollback's epoch 2 of ir0 (3.0) and
+    # epoch 1 of ir1, which stopped after one epoch (2.0): 2.5, 0.83x finetune's.
+    assert lines[2] == "| schedule | B1 | B2 | B3 | B4 | B5 | head |"
+    assert lines[4] == "| incremental_rollback |" + " 2.5 (0.83×) |" * 6
+    assert lines[5] == "| finetune |" + " 3 (1.00×) |" * 6
+
+
+def test_several_studies_make_one_report_with_out(tmp_path, synthetic_dir, capsys):
+    for name in ("first", "second"):
+        write_study(tmp_path / name, synthetic_dir)
+        saved = yaml.safe_load((tmp_path / name / "study.yaml").read_text())
+        (tmp_path / name / "study.yaml").write_text(yaml.safe_dump(saved | {"_name": name}))
+    out = tmp_path / "docs" / "results" / "both.md"
+    report.main([str(tmp_path / "first"), str(tmp_path / "second"), "--out", str(out)])
+    text = out.read_text()
+    assert text.startswith("# Studies first, second\n")
+    assert "## Study first" in text and "## Study second" in text and "### Schedules" in text
+    for name in ("first", "second"):
+        assert f"(both/{name}/val_mAP.png)" in text
+        assert (out.parent / "both" / name / "val_mAP.png").read_bytes().startswith(b"\x89PNG")
+    assert not (tmp_path / "first" / "report.md").exists()
+    with pytest.raises(SystemExit) as exit_info:
+        report.main([str(tmp_path / "first"), str(tmp_path / "second")])
+    assert exit_info.value.code == 2
+    message = "error: several study folders make one report: name its file with --out FILE\n"
+    assert capsys.readouterr().err == message
+
+
+def test_final_retrains_the_best_and_finetune_once_per_seed_on_the_test_protocol(tmp_path, synthetic_dir):
     write_study(tmp_path, synthetic_dir)
     report.main([str(tmp_path), "--final"])
-    best = json.loads((tmp_path / "final" / "best" / "summary.json").read_text())
-    finetune = json.loads((tmp_path / "final" / "finetune" / "summary.json").read_text())
+    runs = {}
+    for label in ("best", "finetune"):
+        for seed in (0, 1):
+            summary = tmp_path / "final" / label / f"seed-{seed}" / "summary.json"
+            runs[label, seed] = json.loads(summary.read_text())
+    best, finetune = runs["best", 1], runs["finetune", 0]
     assert best["schedule"] == "incremental_rollback" and best["epochs"] == 2
     assert best["config"]["data"]["evaluate_on"] == "test" and best["config"]["schedule"]["lr"] == 0.02
+    assert best["config"]["train"]["seed"] == 1 and runs["best", 0]["config"]["train"]["seed"] == 0
     assert finetune["schedule"] == "finetune" and finetune["config"]["schedule"]["epochs"] == 2
     text = (tmp_path / "report.md").read_text()
     assert "## Test set (retrained on every training identity)" in text
-    assert f"| best | incremental_rollback | {best['final_test_mAP'] * 100:.2f} |" in text
-    assert f"| finetune | finetune | {finetune['final_test_mAP'] * 100:.2f} |" in text
+    maps = [runs["best", seed]["final_test_mAP"] * 100 for seed in (0, 1)]
+    mean, std = sum(maps) / 2, abs(maps[0] - maps[1]) / 2
+    assert f"| best | incremental_rollback | {mean:.2f} ± {std:.2f} |" in text
+    assert f"{maps[0]:.2f} (seed 0), {maps[1]:.2f} (seed 1)" in text
+    assert "The best configuration minus fine-tuning: " in text
+
+
+def test_final_fine_tunes_for_the_best_budget_when_the_study_has_no_finetune(tmp_path, synthetic_dir):
+    write_study(tmp_path, synthetic_dir)
+    study = report.load_study(tmp_path)
+    study.results = study.results[study.results["schedule"] != "finetune"]
+    study.saved["search"]["seeds"] = [0]
+    runs = report.retrain_final(study)
+    assert [(run["label"], run["seed"]) for run in runs] == [("best", 0), ("finetune", 0)]
+    baseline = runs[1]["summary"]["config"]["schedule"]
+    # incremental_rollback's 2 periods x 1 epoch: 2 epochs, LR x0.1 half-way as in the paper's baseline
+    assert baseline["name"] == "finetune" and baseline["epochs"] == 2 and baseline["decay_every"] == "half"
+    assert runs[1]["summary"]["epochs"] == 2 and runs[1]["summary"]["config"]["data"]["evaluate_on"] == "test"

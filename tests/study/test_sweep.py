@@ -101,6 +101,33 @@ BAD = [
     ),
     (params_with("schedule.lr", {"uniform": [-0.1, 0.1]}), "schedule.lr=-0.1 with schedule finetune"),
     (changed("schedule.period_epochs", 0), "the base config with schedule incremental_rollback"),
+    (
+        changed("search.variants", {"keep_B3": {"name": "block_order", "retaind": [[], ["B3"]]}}),
+        "keep_B3: schedule 'block_order' has no parameter 'retaind' (did you mean 'retained'?)",
+    ),
+    (
+        changed("search.variants", {"keep_B3": {"retained": [[], ["B3"]]}}),
+        "search.variants.keep_B3 must be a schedule section with a name",
+    ),
+    (
+        changed("search.variants", {"base_cy": {"name": "incremental_rollback"}}),
+        "search.variants.base_cy: 'base_cy' names a registered schedule",
+    ),
+    (
+        changed("search.variants", {"keep_B3": {"name": "block_order", "retained": [[], ["B3"]]}}),
+        "search.variants: keep_B3 not listed in search.schedules",
+    ),
+    (
+        {
+            **changed("search.schedules", ["finetune", "keep_B6"]),
+            "search": {
+                **VALID["search"],
+                "schedules": ["finetune", "keep_B6"],
+                "variants": {"keep_B6": {"name": "block_order", "retained": [[], ["B6"]]}},
+            },
+        },
+        "the base config with schedule keep_B6",
+    ),
 ]
 
 
@@ -140,6 +167,27 @@ def test_run_config_switches_schedule_and_keeps_only_its_base_parameters():
     )
     assert config.schedule == {"name": "incremental_rollback", "periods": 2, "period_epochs": 1}
     assert config.train.batch_size == 32
+
+
+def test_variants_are_compared_under_their_labels_with_their_own_parameters():
+    data = copy.deepcopy(VALID)
+    data["search"]["schedules"] = ["finetune", "keep_B3", "keep_B5"]
+    data["search"]["variants"] = {
+        "keep_B3": {"name": "block_order", "retained": [[], ["B3"]]},
+        "keep_B5": {"name": "block_order", "retained": [[], ["B5"]], "period_epochs": 3},
+    }
+    data["search"]["when"]["keep_B5"] = {"schedule.gamma": 0.5}
+    data["tune"]["num_samples"] = 3
+    space = search_space.parse_search_space(data, "variants")
+    keep_b3 = space.run_config({"schedule.name": "keep_B3", "schedule.lr": 0.02, "train.seed": 0})
+    # the base's period_epochs (block_order has it; periods it lacks), the variant's retained, the sampled lr
+    expected = {"name": "block_order", "period_epochs": 1, "retained": [[], ["B3"]], "lr": 0.02}
+    assert keep_b3.schedule == expected
+    keep_b5 = space.run_config({"schedule.name": "keep_B5", "schedule.gamma": 0.5, "train.seed": 0})
+    assert keep_b5.schedule["period_epochs"] == 3 and keep_b5.schedule["retained"] == [[], ["B5"]]
+    assert [p.key for p in space.params_for("keep_B5")][-1] == "schedule.gamma"
+    assert "schedule.retained_lr" in [p.key for p in space.params_for("keep_B3")]
+    assert [point["schedule.name"] for point in sweep.balanced_schedules(space)] == list(space.schedules)
 
 
 def test_optuna_define_by_run_samples_only_the_schedules_parameters():
@@ -317,7 +365,9 @@ train: {{batch_size: 16, eval_batch_size: 64}}
 schedule: {{name: incremental_rollback, periods: 2, period_epochs: 1}}
 wandb: {{mode: offline, project: rollback-study-tests}}
 search:
-  schedules: [finetune, incremental_rollback]
+  schedules: [finetune, keep_B1]
+  variants:
+    keep_B1: {{name: block_order, retained: [[], [B1]]}}   # Table 1's "Block1"
   seeds: [0, 1]
   params:
     schedule.lr: {{loguniform: [5.0e-3, 2.0e-2]}}
@@ -378,16 +428,19 @@ def test_results_csv_has_one_row_per_trial_with_statuses(study_dir):
         assert column in rows[0]
     for column in ("epochs", "best_val_mAP", "best_val_rank1", "final_val_mAP", "final_val_rank1"):
         assert column in rows[0]
-    by_schedule = {s: [r for r in rows if r["schedule"] == s] for s in ("finetune", "incremental_rollback")}
+    by_schedule = {s: [r for r in rows if r["schedule"] == s] for s in ("finetune", "keep_B1")}
     assert sorted(r["seed"] for r in by_schedule["finetune"]) == ["0", "1"]
-    assert sorted(r["seed"] for r in by_schedule["incremental_rollback"]) == ["0", "1"]
+    assert sorted(r["seed"] for r in by_schedule["keep_B1"]) == ["0", "1"]
     for row in by_schedule["finetune"]:
         assert row["status"] == "diverged" and row["epochs"] == "0" and row["best_val_mAP"] == ""
         assert row["schedule.head_lr"] == "1000000.0"
-    for row in by_schedule["incremental_rollback"]:
+    for row in by_schedule["keep_B1"]:
         assert row["status"] in ("finished", "stopped")  # ASHA may stop the worse seed after period 1
         assert row["schedule.epochs"] == "" and 0 <= float(row["best_val_mAP"]) <= 1
-    assert any(r["status"] == "finished" and r["epochs"] == "2" for r in by_schedule["incremental_rollback"])
+    assert any(r["status"] == "finished" and r["epochs"] == "2" for r in by_schedule["keep_B1"])
+    for row in by_schedule["keep_B1"]:  # the variant's label in the tables, its schedule in the run
+        config = yaml.safe_load((out / "trials" / row["trial_id"] / "config.yaml").read_text())
+        assert config["schedule"]["name"] == "block_order" and config["schedule"]["retained"] == [[], ["B1"]]
 
 
 def test_epochs_csv_has_one_row_per_trial_and_epoch(study_dir):
@@ -471,7 +524,7 @@ def test_report_on_the_study(study_dir):
     report.main([str(out)])
     text = (out / "report.md").read_text()
     assert "| schedule | best val mAP | best val rank-1 |" in text
-    assert "| incremental_rollback |" in text and "| finetune | – |" in text
+    assert "| keep_B1 |" in text and "| finetune | – |" in text
     assert "2 diverged" in text
     for name in ("val_mAP.png", "loss.png", "grad_norm.png"):
         data = (out / "plots" / name).read_bytes()
