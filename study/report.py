@@ -7,8 +7,8 @@ validation mAP, training loss and gradient norms against the epoch (like the pap
 and 5) and each tuned parameter against mAP.
 ``--final`` retrains the best configuration and the fine-tuning baseline (the best ``finetune``
 configuration, or ``finetune`` for the same number of epochs when the study has none) on every
-training identity with ``data.evaluate_on=test``, once per seed of the study (into DIR/final/),
-and adds their test mAP and rank-1.
+training identity with ``data.evaluate_on=test``, once per seed of the study or of ``--seeds``
+(into DIR/final/), and adds their test mAP and rank-1.
 By default the report is DIR/report.md with plots in DIR/plots/; ``--out FILE`` writes it (of one
 or several studies) to FILE, with plots in a folder named after FILE beside it.
 """
@@ -416,8 +416,9 @@ def _save(fig: Any, path: Path) -> Path:
 # ----------------------------------------------------------------------------- --final
 
 
-def retrain_final(study: Study) -> list[dict[str, Any]]:
-    """Retrain the best configuration and the fine-tuning baseline on the test protocol, once per seed.
+def retrain_final(study: Study, seeds: list[int] | None = None) -> list[dict[str, Any]]:
+    """Retrain the best configuration and the fine-tuning baseline on the test protocol, once per seed
+    (``seeds``, by default the study's).
 
     Runs go to DIR/final/LABEL/seed-N; finished ones are read back, interrupted ones resumed.
     """
@@ -450,7 +451,7 @@ def retrain_final(study: Study) -> list[dict[str, Any]]:
         )
     runs = []
     for label, make_config in chosen.items():
-        for seed in space.seeds:
+        for seed in seeds or space.seeds:
             config = make_config(seed)
             config.data.evaluate_on = "test"
             config.train.progress = True
@@ -520,13 +521,18 @@ def main(argv: list[str] | None = None) -> None:
         help="retrain the best configuration and fine-tuning on the test protocol, once per seed (slow)",
     )
     parser.add_argument(
+        "--seeds", type=int, nargs="+", metavar="N", help="seeds of the --final retraining (default: the study)"
+    )
+    parser.add_argument(
         "--out", type=Path, help="the report's file, plots in a folder named after it (default DIR/report.md)"
     )
     args = parser.parse_args(argv)
+    if args.seeds and not args.final:
+        raise UserError("--seeds chooses the seeds of the --final retraining; add --final")
     if len(args.folders) > 1 and args.out is None:
         raise UserError("several study folders make one report: name its file with --out FILE")
     studies = [load_study(folder) for folder in args.folders]
-    reports = [(study, retrain_final(study) if args.final else None) for study in studies]
+    reports = [(study, retrain_final(study, args.seeds) if args.final else None) for study in studies]
     if args.out is None:
         path = write_report(*reports[0])
         print(f"wrote {path} and plots in {reports[0][0].folder / PLOTS}")

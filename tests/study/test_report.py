@@ -203,8 +203,7 @@ def test_final_fine_tunes_for_the_best_budget_when_the_study_has_no_finetune(tmp
     write_study(tmp_path, synthetic_dir)
     study = report.load_study(tmp_path)
     study.results = study.results[study.results["schedule"] != "finetune"]
-    study.saved["search"]["seeds"] = [0]
-    runs = report.retrain_final(study)
+    runs = report.retrain_final(study, seeds=[0])
     assert [(run["label"], run["seed"]) for run in runs] == [("best", 0), ("finetune", 0)]
     baseline = runs[1]["summary"]["config"]["schedule"]
     # incremental_rollback's 2 periods x 1 epoch: 2 epochs, LR x0.1 half-way as in the paper's baseline
