@@ -521,7 +521,7 @@ def main(argv: list[str] | None = None) -> None:
         help="retrain the best configuration and fine-tuning on the test protocol, once per seed (slow)",
     )
     parser.add_argument(
-        "--seeds", type=int, nargs="+", metavar="N", help="seeds of the --final retraining (default: the study)"
+        "--seeds", type=int, nargs="+", metavar="N", help="seeds for --final (default: the study's)"
     )
     parser.add_argument(
         "--out", type=Path, help="the report's file, plots in a folder named after it (default DIR/report.md)"
