@@ -574,6 +574,7 @@ def trial_summary(rows: list[dict[str, Any]], prefix: str) -> dict[str, Any]:
         f"final_{prefix}_rank1": final.get(f"{prefix}_rank1"),
         "final_loss": done[-1].get("loss") if done else None,
         "train_seconds": sum(r.get("seconds", 0.0) for r in done),
+        "peak_gpu_mib": max((r["peak_gpu_mib"] for r in done if r.get("peak_gpu_mib")), default=None),
     }
 
 

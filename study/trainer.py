@@ -288,6 +288,8 @@ def train_epoch(
     norms = (grad_norm_sum / steps).tolist()
     record |= {f"grad_norm_{g}": norm for g, norm in zip(GROUPS, norms, strict=True)}
     record |= {"seconds": seconds, "images_per_second": seen / seconds}
+    if device.type == "cuda":  # what this process holds on the GPU: the fraction a sweep trial needs
+        record["peak_gpu_mib"] = torch.cuda.max_memory_reserved(device) / 2**20
     return record
 
 
@@ -445,6 +447,7 @@ def summarize(history: list[dict[str, Any]], config: RunConfig, status: str = "f
         f"final_{prefix}_rank1": final.get(f"{prefix}_rank1"),
         "final_loss": history[-1]["loss"] if history else None,
         "train_seconds": sum(r["seconds"] for r in history),
+        "peak_gpu_mib": max((r["peak_gpu_mib"] for r in history if "peak_gpu_mib" in r), default=None),
         "config": config.to_dict(),
     }
 

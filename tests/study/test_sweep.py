@@ -342,6 +342,18 @@ def test_reporter_carries_the_metric_forward_and_counts_periods(tmp_path, monkey
     assert last["diverged"] is True and last["val_mAP"] == 0.0 and math.isnan(last["loss"])
 
 
+def test_trial_summary_keeps_the_peak_gpu_memory_for_choosing_fractions():
+    rows = [
+        {"epoch": 1, "loss": 4.0, "seconds": 2.0, "val_mAP": None, "peak_gpu_mib": 900.0},
+        {"epoch": 2, "loss": 3.0, "seconds": 3.0, "val_mAP": 0.2, "peak_gpu_mib": 1200.0},
+    ]
+    summary = sweep.trial_summary(rows, "val")
+    assert summary["peak_gpu_mib"] == 1200.0 and summary["train_seconds"] == 5.0
+    assert summary["best_val_mAP"] == 0.2 and summary["best_epoch"] == 2
+    cpu_rows = [{k: v for k, v in row.items() if k != "peak_gpu_mib"} for row in rows]
+    assert sweep.trial_summary(cpu_rows, "val")["peak_gpu_mib"] is None
+
+
 def test_trial_status():
     assert sweep.trial_status("TERMINATED", [{"epochs_planned": 2}] * 2) == "finished"
     assert sweep.trial_status("TERMINATED", [{"epochs_planned": 4}] * 2) == "stopped"

@@ -212,3 +212,12 @@ def test_host_and_device_caches_give_the_same_batches(tiny_config):
     assert trainer.cache_placement(config, data.train.images, device) == "device"
     never = tiny_config({"name": "finetune", "epochs": 1}, train={"data_on_device": "never"})
     assert trainer.cache_placement(never, data.train.images, device) == "host"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_runs_record_the_peak_gpu_memory(tiny_config, tmp_path):
+    tiny_config.train.device = "cuda"
+    summary = trainer.train_run(tiny_config, tmp_path / "run")
+    with open(tmp_path / "run" / "metrics.csv") as file:
+        peaks = [float(row["peak_gpu_mib"]) for row in csv.DictReader(file)]
+    assert all(peak > 0 for peak in peaks) and summary["peak_gpu_mib"] == max(peaks)
