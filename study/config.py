@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import yaml
 
-from study.errors import UserError, closest
+from study.errors import UserError, closest, unknown
 
 
 @dataclass
@@ -274,6 +274,10 @@ def _check_values(config: RunConfig) -> None:
             raise UserError(f"{name} must be >= 0, got {value}")
     if not 0 <= config.model.dropout < 1:
         raise UserError(f"model.dropout must be in [0, 1), got {config.model.dropout}")
+    from study.models import BACKBONES
+
+    if config.model.backbone not in BACKBONES:
+        raise unknown("backbone", config.model.backbone, BACKBONES)
     if config.model.last_stride not in (1, 2):
         raise UserError(f"model.last_stride must be 1 or 2, got {config.model.last_stride}")
     held_out = config.data.val_identities

@@ -183,11 +183,12 @@ def best_configuration(study: Study) -> list[str]:
     ]
     lines += [f"- `{key}`: {_value(row[key])}" for key in study.keys if not _missing(row[key])]
     trial = row["trial_ids"][0]
+    final = f", or on the test protocol with `python -m study.report {study.folder} --final`"
     lines += [
         "",
         f"Trials: {', '.join(row['trial_ids'])}. Train it again with "
-        f"`python -m study.train {study.folder / 'trials' / trial / 'config.yaml'} --out DIR`, "
-        f"or on the test protocol with `python -m study.report {study.folder} --final`.",
+        f"`python -m study.train {study.folder / 'trials' / trial / 'config.yaml'} --out DIR`"
+        f"{final if study.prefix == 'val' else ''}.",
     ]
     return lines
 
@@ -532,7 +533,14 @@ def main(argv: list[str] | None = None) -> None:
     if len(args.folders) > 1 and args.out is None:
         raise UserError("several study folders make one report: name its file with --out FILE")
     studies = [load_study(folder) for folder in args.folders]
-    reports = [(study, retrain_final(study, args.seeds) if args.final else None) for study in studies]
+    reports = []
+    for study in studies:
+        final = None
+        if args.final and study.prefix == "test":
+            print(f"{study.folder} was evaluated on the test protocol already: --final retrains nothing")
+        elif args.final:
+            final = retrain_final(study, args.seeds)
+        reports.append((study, final))
     if args.out is None:
         path = write_report(*reports[0])
         print(f"wrote {path} and plots in {reports[0][0].folder / PLOTS}")

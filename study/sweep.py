@@ -672,6 +672,9 @@ def main(argv: list[str] | None = None) -> None:
     if "interrupted" in statuses or len(statuses) < space.num_trials:
         print(f"interrupted; continue with: python -m study.sweep {args.search_space} --out {out} --resume")
         raise SystemExit(130)
+    if "error" in statuses:  # a bug or a lost machine, not a bad configuration: diverged trials are results
+        print(f"{statuses.count('error')} trial(s) failed; their errors are in {out}/tune/*/error.txt")
+        raise SystemExit(1)
 
 
 def run_study(space: SearchSpace, out: Path, address: str | None, restore: bool, mode: str) -> list[str]:

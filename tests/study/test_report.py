@@ -209,3 +209,17 @@ def test_final_fine_tunes_for_the_best_budget_when_the_study_has_no_finetune(tmp
     # incremental_rollback's 2 periods x 1 epoch: 2 epochs, LR x0.1 half-way as in the paper's baseline
     assert baseline["name"] == "finetune" and baseline["epochs"] == 2 and baseline["decay_every"] == "half"
     assert runs[1]["summary"]["epochs"] == 2 and runs[1]["summary"]["config"]["data"]["evaluate_on"] == "test"
+
+
+def test_final_retrains_nothing_in_a_study_already_on_the_test_protocol(tmp_path, synthetic_dir, capsys):
+    write_study(tmp_path, synthetic_dir)
+    saved = yaml.safe_load((tmp_path / "study.yaml").read_text())
+    saved["data"]["evaluate_on"] = "test"
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(saved))
+    for name in ("results.csv", "epochs.csv"):
+        (tmp_path / name).write_text((tmp_path / name).read_text().replace("val_", "test_"))
+    report.main([str(tmp_path), "--final"])
+    assert "was evaluated on the test protocol already: --final retrains nothing" in capsys.readouterr().out
+    assert not (tmp_path / "final").exists()
+    text = (tmp_path / "report.md").read_text()
+    assert "| incremental_rollback | 45.00 ± 5.00 |" in text and "--final" not in text

@@ -89,6 +89,7 @@ BAD = [
     ),
     (changed("search.when", {"finetune": {"schedule.lr": 0.1}}), "is also in search.params"),
     (changed("tune.metric", "val_map"), "unknown metric 'val_map' (did you mean 'val_mAP'?)"),
+    (changed("model", {"backbone": "resnet5"}), "unknown backbone 'resnet5' (did you mean 'resnet50'?)"),
     (changed("tune.mode", "maximize"), "tune.mode must be max or min"),
     (changed("tune.num_samples", 1), "tune.num_samples=1 is fewer than the 2 compared schedules"),
     (changed("tune.resources", {"gpus": 1}), "unknown key tune.resources.gpus (did you mean 'gpu'?)"),
@@ -352,6 +353,18 @@ def test_trial_summary_keeps_the_peak_gpu_memory_for_choosing_fractions():
     assert summary["best_val_mAP"] == 0.2 and summary["best_epoch"] == 2
     cpu_rows = [{k: v for k, v in row.items() if k != "peak_gpu_mib"} for row in rows]
     assert sweep.trial_summary(cpu_rows, "val")["peak_gpu_mib"] is None
+
+
+def test_a_study_with_failed_trials_exits_1(tmp_path, synthetic_dir, monkeypatch, capsys):
+    space = tmp_path / "tiny.yaml"
+    space.write_text(TINY_STUDY.format(synthetic_dir=synthetic_dir))
+    monkeypatch.setattr(sweep, "run_study", lambda *args: ["finished", "error", "diverged", "finished"])
+    with pytest.raises(SystemExit) as exit_info:
+        sweep.main([str(space), "--out", str(tmp_path / "study"), "--set", "wandb.mode=disabled"])
+    assert exit_info.value.code == 1
+    out = capsys.readouterr().out
+    assert "4 trials: 2 finished, 1 error, 1 diverged" in out
+    assert f"1 trial(s) failed; their errors are in {tmp_path / 'study'}/tune/*/error.txt" in out
 
 
 def test_trial_status():
