@@ -69,6 +69,8 @@ class Study:
                     "mAP_std": trials[best_map].std(ddof=0),
                     "rank1_mean": trials[best_rank1].mean(),
                     "rank1_std": trials[best_rank1].std(ddof=0),
+                    "final_mean": trials.get(f"final_{self.prefix}_mAP", pd.Series(dtype=float)).mean(),
+                    "final_std": trials.get(f"final_{self.prefix}_mAP", pd.Series(dtype=float)).std(ddof=0),
                     "epochs": trials["epochs"].mean(),
                     "statuses": _counts(trials["status"]),
                 }
@@ -146,7 +148,8 @@ def _overview(study: Study) -> str:
     trials = study.results
     return (
         f"{len(trials)} trials ({_counts(trials['status'])}) of {trials['schedule'].nunique()} schedules; "
-        f"ranked by best {study.metric}; mean ± std over seeds, in %."
+        f"ranked by best {study.metric} (the best of a run's evaluations; final: its last one); "
+        "mean ± std over seeds, in %."
     )
 
 
@@ -157,13 +160,15 @@ def schedules_table(study: Study) -> list[str]:
     configs = study.configurations().groupby("schedule").size()
     p = study.prefix
     lines = [
-        f"| schedule | best {p} mAP | best {p} rank-1 | seeds | epochs | configurations | trials | status |",
-        "|---|---|---|---|---|---|---|---|",
+        f"| schedule | best {p} mAP | best {p} rank-1 | final {p} mAP "
+        "| seeds | epochs | configurations | trials | status |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for _, row in best.iterrows():
         name = row["schedule"]
         lines.append(
             f"| {name} | {_pm(row['mAP_mean'], row['mAP_std'])} | {_pm(row['rank1_mean'], row['rank1_std'])} "
+            f"| {_pm(row['final_mean'], row['final_std'])} "
             f"| {row['seeds']} | {row['epochs']:g} | {configs[name]} | {trials[name]} "
             f"| {_counts(study.results.loc[study.results['schedule'] == name, 'status'])} |"
         )

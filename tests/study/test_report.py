@@ -13,7 +13,7 @@ from study.files import atomic_write_csv
 # (trial id, schedule, schedule.lr, seed, status, best val mAP, best rank-1, val mAP by epoch)
 TRIALS = [
     ("ft0", "finetune", 0.01, 0, "finished", 0.30, 0.50, [0.10, 0.30]),
-    ("ft1", "finetune", 0.01, 1, "finished", 0.20, 0.40, [0.15, 0.20]),
+    ("ft1", "finetune", 0.01, 1, "finished", 0.20, 0.40, [0.20, 0.15]),
     ("ir0", "incremental_rollback", 0.02, 0, "finished", 0.40, 0.60, [0.20, 0.40]),
     ("ir1", "incremental_rollback", 0.02, 1, "stopped", 0.50, 0.70, [0.50]),
 ]
@@ -57,6 +57,7 @@ def write_study(folder, synthetic_dir, optuna_values=(0.25, 0.45)):
                 "epochs": len(curve),
                 "best_val_mAP": best,
                 "best_val_rank1": rank1,
+                "final_val_mAP": curve[-1],
             }
         )
         for epoch, value in enumerate(curve, start=1):
@@ -106,14 +107,19 @@ def test_report_compares_schedules_over_seeds(tmp_path, synthetic_dir):
     text = (tmp_path / "report.md").read_text()
     lines = text.splitlines()
     table = lines.index(
-        "| schedule | best val mAP | best val rank-1 | seeds | epochs | configurations | trials | status |"
+        "| schedule | best val mAP | best val rank-1 | final val mAP "
+        "| seeds | epochs | configurations | trials | status |"
     )
     # Best first; mean ± population std over the seeds, in percent.
     assert (
         lines[table + 2]
-        == "| incremental_rollback | 45.00 ± 5.00 | 65.00 ± 5.00 | 2 | 1.5 | 1 | 2 | 1 finished, 1 stopped |"
+        == "| incremental_rollback | 45.00 ± 5.00 | 65.00 ± 5.00 | 45.00 ± 5.00 | 2 | 1.5 | 1 | 2 "
+        "| 1 finished, 1 stopped |"
     )
-    assert lines[table + 3] == "| finetune | 25.00 ± 5.00 | 45.00 ± 5.00 | 2 | 2 | 1 | 2 | 2 finished |"
+    # ft1 ends below its best: final 0.30 and 0.15
+    assert lines[table + 3] == (
+        "| finetune | 25.00 ± 5.00 | 45.00 ± 5.00 | 22.50 ± 7.50 | 2 | 2 | 1 | 2 | 2 finished |"
+    )
     assert "**incremental_rollback**: best val_mAP 45.00 ± 5.00" in text
     assert "- `schedule.lr`: 0.02" in text and "Trials: ir0, ir1." in text
     for name in ("val_mAP.png", "loss.png", "grad_norm.png", "params.png"):
