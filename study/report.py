@@ -56,6 +56,9 @@ class Study:
         group = ["schedule", *self.keys]
         results["config"] = [repr(tuple(values)) for values in results[group].itertuples(index=False)]
         best_map, best_rank1 = f"best_{self.prefix}_mAP", f"best_{self.prefix}_rank1"
+        final_map = f"final_{self.prefix}_mAP"
+        if final_map not in results:
+            results[final_map] = math.nan
         rows = []
         for _, trials in results.groupby("config", sort=False):
             first = trials.iloc[0]
@@ -69,8 +72,8 @@ class Study:
                     "mAP_std": trials[best_map].std(ddof=0),
                     "rank1_mean": trials[best_rank1].mean(),
                     "rank1_std": trials[best_rank1].std(ddof=0),
-                    "final_mean": trials.get(f"final_{self.prefix}_mAP", pd.Series(dtype=float)).mean(),
-                    "final_std": trials.get(f"final_{self.prefix}_mAP", pd.Series(dtype=float)).std(ddof=0),
+                    "final_mean": trials[final_map].mean(),
+                    "final_std": trials[final_map].std(ddof=0),
                     "epochs": trials["epochs"].mean(),
                     "statuses": _counts(trials["status"]),
                 }
@@ -293,7 +296,7 @@ def gradient_table(study: Study) -> list[str]:
     lines = [
         "Mean gradient norm of each block over the second half of each run's epochs (mean over the "
         "epoch's steps, then over epochs and seeds)"
-        + ("; in brackets, the ratio to `finetune`'s at the same epochs." if has_baseline else "."),
+        + ("; in brackets, the ratio to `finetune`'s." if has_baseline else "."),
         "",
         f"| schedule | {' | '.join(blocks)} |",
         f"|---|{'---|' * len(blocks)}",
