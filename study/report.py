@@ -135,6 +135,7 @@ def study_lines(
     h1, h2 = "#" * level, "#" * (level + 1)
     lines = [f"{h1} Study {study.name}", "", _overview(study), ""]
     lines += [f"{h2} Schedules", "", *schedules_table(study), ""]
+    lines += [f"{h2} Against fine-tuning", "", *against_finetune(study), ""]
     lines += [f"{h2} Best configuration", "", *best_configuration(study), ""]
     lines += [f"{h2} Parameter importance", "", *importance_section(study), ""]
     lines += [f"{h2} Gradient norm per block", "", *gradient_table(study), ""]
@@ -176,6 +177,55 @@ def schedules_table(study: Study) -> list[str]:
             f"| {_counts(study.results.loc[study.results['schedule'] == name, 'status'])} |"
         )
     return lines
+
+
+def against_finetune(study: Study) -> list[str]:
+    """Each schedule's final mAP minus fine-tuning's (best configurations), with Welch's t-test over seeds.
+
+    The final (last) evaluation is compared, not the best one, so no schedule gains from a selection
+    on the evaluation set; seeds are paired by their number for the per-seed count.
+    """
+    best = study.best_per_schedule()
+    final = f"final_{study.prefix}_mAP"
+    if "finetune" not in set(best["schedule"]) or final not in study.results:
+        return ["No comparison: the study has no `finetune` trials."]
+    results = study.results.set_index("trial_id")
+
+    def per_seed(row: pd.Series) -> pd.Series:
+        trials = results.loc[row["trial_ids"]].dropna(subset=[final])
+        return trials.groupby(SEED)[final].mean()
+
+    baseline = per_seed(best[best["schedule"] == "finetune"].iloc[0])
+    lines = [
+        f"Final {study.metric} (the last evaluation of each run) minus `finetune`'s, in points; p: Welch's "
+        "two-sided t-test over the seeds (with 3 seeds only a large, consistent gap stands out of the "
+        "seed noise); seeds better: the seeds whose run beats `finetune`'s run of the same seed.",
+        "",
+        f"| schedule | final {study.prefix} mAP | Δ vs finetune | p | seeds better |",
+        "|---|---|---|---|---|",
+    ]
+    for _, row in best.iterrows():
+        if row["schedule"] == "finetune":
+            continue
+        values = per_seed(row)
+        if values.empty or baseline.empty:
+            continue
+        common = values.index.intersection(baseline.index)
+        better = int((values[common] > baseline[common]).sum())
+        gap = (values.mean() - baseline.mean()) * 100
+        lines.append(
+            f"| {row['schedule']} | {_pm(values.mean(), values.std(ddof=0))} | {gap:+.2f} "
+            f"| {_p_value(values, baseline)} | {better}/{len(common)} |"
+        )
+    return lines
+
+
+def _p_value(a: pd.Series, b: pd.Series) -> str:
+    if len(a) < 2 or len(b) < 2 or (a.std() == 0 and b.std() == 0):
+        return "–"
+    from scipy.stats import ttest_ind
+
+    return f"{ttest_ind(a, b, equal_var=False).pvalue:.3f}"
 
 
 def best_configuration(study: Study) -> list[str]:
@@ -275,9 +325,11 @@ def final_table(final: list[dict[str, Any]]) -> list[str]:
     if {"best", "finetune"} <= set(means.index):
         gap = (means["best"] - means["finetune"]) * 100
         spread = runs[runs["label"] == "finetune"]["mAP"].std(ddof=0) * 100
+        by_label = {label: runs_of.set_index("seed")["mAP"] for label, runs_of in runs.groupby("label")}
+        p = _p_value(by_label["best"], by_label["finetune"])
         lines.append(
             f"The best configuration minus fine-tuning: {gap:+.2f} mAP points "
-            f"(fine-tuning's std over seeds: {spread:.2f})."
+            f"(fine-tuning's std over seeds: {spread:.2f}; Welch's t-test p = {p})."
         )
     return lines
 

@@ -162,6 +162,22 @@ def test_gradient_table_compares_each_block_with_finetune(tmp_path, synthetic_di
     assert lines[5] == "| finetune |" + " 3 (1.00×) |" * 6
 
 
+def test_against_finetune_compares_final_map_with_welchs_test(tmp_path, synthetic_dir):
+    write_study(tmp_path, synthetic_dir)
+    lines = report.against_finetune(report.load_study(tmp_path))
+    # Final values: rollback 0.40, 0.50; finetune 0.30, 0.15. Welch: t = 2.496, df = 1.742, p = 0.148.
+    assert lines[2] == "| schedule | final val mAP | Δ vs finetune | p | seeds better |"
+    assert lines[4] == "| incremental_rollback | 45.00 ± 5.00 | +22.50 | 0.148 | 2/2 |"
+    assert len(lines) == 5
+
+
+def test_against_finetune_needs_finetune_trials(tmp_path, synthetic_dir):
+    write_study(tmp_path, synthetic_dir)
+    study = report.load_study(tmp_path)
+    study.results = study.results[study.results["schedule"] != "finetune"]
+    assert report.against_finetune(study) == ["No comparison: the study has no `finetune` trials."]
+
+
 def test_several_studies_make_one_report_with_out(tmp_path, synthetic_dir, capsys):
     for name in ("first", "second"):
         write_study(tmp_path / name, synthetic_dir)
@@ -202,7 +218,7 @@ def test_final_retrains_the_best_and_finetune_once_per_seed_on_the_test_protocol
     mean, std = sum(maps) / 2, abs(maps[0] - maps[1]) / 2
     assert f"| best | incremental_rollback | {mean:.2f} ± {std:.2f} |" in text
     assert f"{maps[0]:.2f} (seed 0), {maps[1]:.2f} (seed 1)" in text
-    assert "The best configuration minus fine-tuning: " in text
+    assert "The best configuration minus fine-tuning: " in text and "Welch's t-test p = " in text
 
 
 def test_final_fine_tunes_for_the_best_budget_when_the_study_has_no_finetune(tmp_path, synthetic_dir):
