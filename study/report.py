@@ -138,6 +138,7 @@ def study_lines(
     lines += [f"{h2} Against fine-tuning", "", *against_finetune(study), ""]
     lines += [f"{h2} Best configuration", "", *best_configuration(study), ""]
     lines += [f"{h2} Parameter importance", "", *importance_section(study), ""]
+    lines += [f"{h2} {study.metric} at each evaluation", "", *evaluation_table(study), ""]
     lines += [f"{h2} Gradient norm per block", "", *gradient_table(study), ""]
     if final:
         lines += [f"{h2} Test set (retrained on every training identity)", "", *final_table(final), ""]
@@ -217,7 +218,7 @@ def against_finetune(study: Study) -> list[str]:
             f"| {row['schedule']} | {_pm(values.mean(), values.std(ddof=0))} | {gap:+.2f} "
             f"| {_p_value(values, baseline)} | {better}/{len(common)} |"
         )
-    return lines
+    return lines if len(lines) > 4 else ["No schedule besides `finetune` has been evaluated yet."]
 
 
 def _p_value(a: pd.Series, b: pd.Series) -> str:
@@ -331,6 +332,35 @@ def final_table(final: list[dict[str, Any]]) -> list[str]:
             f"The best configuration minus fine-tuning: {gap:+.2f} mAP points "
             f"(fine-tuning's std over seeds: {spread:.2f}; Welch's t-test p = {p})."
         )
+    return lines
+
+
+def evaluation_table(study: Study) -> list[str]:
+    """Each schedule's metric at every evaluated epoch (mean ± std over seeds): the curve as numbers."""
+    curves = best_curves(study)
+    metric = study.metric
+    if curves.empty or metric not in curves or curves[metric].isna().all():
+        return ["No evaluations reported yet."]
+    validated = curves.dropna(subset=[metric])
+    stats = validated.groupby(["schedule", "epoch"])[metric].agg(["mean", lambda v: v.std(ddof=0), "size"])
+    stats.columns = ["mean", "std", "seeds"]
+    epochs = sorted(validated["epoch"].unique())
+    schedules = [s for s in study.best_per_schedule()["schedule"] if s in stats.index.get_level_values(0)]
+    lines = [
+        f"{metric} of each schedule's best configuration after the epochs it was evaluated at, "
+        "mean ± std over the seeds, in %.",
+        "",
+        f"| schedule | {' | '.join(f'epoch {e}' for e in epochs)} |",
+        f"|---|{'---|' * len(epochs)}",
+    ]
+    for schedule in schedules:
+        cells = [
+            _pm(stats.loc[(schedule, e), "mean"], stats.loc[(schedule, e), "std"])
+            if (schedule, e) in stats.index
+            else "–"
+            for e in epochs
+        ]
+        lines.append(f"| {schedule} | {' | '.join(cells)} |")
     return lines
 
 

@@ -162,6 +162,15 @@ def test_gradient_table_compares_each_block_with_finetune(tmp_path, synthetic_di
     assert lines[5] == "| finetune |" + " 3 (1.00×) |" * 6
 
 
+def test_evaluation_table_gives_the_curve_of_each_schedule_over_seeds(tmp_path, synthetic_dir):
+    write_study(tmp_path, synthetic_dir)
+    lines = report.evaluation_table(report.load_study(tmp_path))
+    assert lines[2] == "| schedule | epoch 1 | epoch 2 |"
+    # rollback: epoch 1 of both seeds (0.20, 0.50), epoch 2 of seed 0 only (ir1 stopped after one)
+    assert lines[4] == "| incremental_rollback | 35.00 ± 15.00 | 40.00 ± 0.00 |"
+    assert lines[5] == "| finetune | 15.00 ± 5.00 | 22.50 ± 7.50 |"
+
+
 def test_against_finetune_compares_final_map_with_welchs_test(tmp_path, synthetic_dir):
     write_study(tmp_path, synthetic_dir)
     lines = report.against_finetune(report.load_study(tmp_path))
