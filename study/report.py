@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from study.config import read_yaml
@@ -140,6 +141,7 @@ def study_lines(
     lines += [f"{h2} Parameter importance", "", *importance_section(study), ""]
     lines += [f"{h2} {study.metric} at each evaluation", "", *evaluation_table(study), ""]
     lines += [f"{h2} Gradient norm per block", "", *gradient_table(study), ""]
+    lines += [f"{h2} Gradient norm across period boundaries", "", *boundary_gradient_table(study), ""]
     if final:
         lines += [f"{h2} Test set (retrained on every training identity)", "", *final_table(final), ""]
     lines += [f"{h2} Plots", ""]
@@ -389,6 +391,46 @@ def gradient_table(study: Study) -> list[str]:
             ratio = row[column] / means.loc["finetune", column] if has_baseline else math.nan
             cells.append(f"{row[column]:.3g}" + ("" if math.isnan(ratio) else f" ({ratio:.2f}×)"))
         lines.append(f"| {schedule} | {' | '.join(cells)} |")
+    return lines
+
+
+def boundary_gradient_table(study: Study) -> list[str]:
+    """How each block's gradient norm changes at a period boundary: first epoch of a period over the
+    last epoch of the one before, per schedule with several periods.
+
+    The paper's claim is that rolling back the higher blocks revives the vanished gradients of the
+    lower ones; ``base_cy`` (the same restarts, nothing rolled back) is the control.
+    """
+    curves = best_curves(study)
+    columns = [c for c in curves.columns if c.startswith("grad_norm_")]
+    if curves.empty or not columns or "period" not in curves:
+        return ["No gradient norms reported yet."]
+    ratios = []
+    for (schedule, _), trial in curves.sort_values("epoch").groupby(["schedule", "trial_id"], sort=False):
+        ends = trial.groupby("period").tail(1).set_index("period")
+        starts = trial.groupby("period").head(1).set_index("period")
+        for period in starts.index[1:]:
+            if period - 1 in ends.index:
+                ratio = starts.loc[period, columns] / ends.loc[period - 1, columns]
+                ratios.append({"schedule": schedule, **ratio.to_dict()})
+    if not ratios:
+        return ["No schedule in this study has crossed a period boundary."]
+    table = pd.DataFrame(ratios)
+    order = [s for s in study.best_per_schedule()["schedule"] if s in set(table["schedule"])]
+    blocks = [c.removeprefix("grad_norm_") for c in columns]
+    lines = [
+        "Each block's gradient norm in the first epoch of a period divided by the last epoch of the "
+        "period before (geometric mean over the boundaries and seeds; above 1: larger after the "
+        "boundary). `base_cy` restarts the learning rates without rolling anything back.",
+        "",
+        f"| schedule | boundaries | {' | '.join(blocks)} |",
+        f"|---|---|{'---|' * len(blocks)}",
+    ]
+    for schedule in order:
+        rows = table[table["schedule"] == schedule]
+        means = rows[columns].apply(lambda r: float(np.exp(np.log(r.astype(float)).mean())))
+        cells = " | ".join(f"{means[c]:.2f}×" for c in columns)
+        lines.append(f"| {schedule} | {len(rows)} | {cells} |")
     return lines
 
 

@@ -67,6 +67,7 @@ def write_study(folder, synthetic_dir, optuna_values=(0.25, 0.45)):
                     "schedule": schedule,
                     "seed": seed,
                     "epoch": epoch,
+                    "period": 1 if schedule == "finetune" else epoch,  # rollback: 1-epoch periods
                     "validated": True,
                     "loss": 5.0 - epoch,
                     "val_mAP": value,
@@ -185,6 +186,25 @@ def test_against_finetune_needs_finetune_trials(tmp_path, synthetic_dir):
     study = report.load_study(tmp_path)
     study.results = study.results[study.results["schedule"] != "finetune"]
     assert report.against_finetune(study) == ["No comparison: the study has no `finetune` trials."]
+
+
+def test_boundary_gradient_table_divides_a_period_start_by_the_previous_end(tmp_path, synthetic_dir):
+    write_study(tmp_path, synthetic_dir)
+    study = report.load_study(tmp_path)
+    lines = report.boundary_gradient_table(study)
+    # ir0 crosses one boundary: epoch 2 (period 2, norm 3.0) over epoch 1 (period 1, norm 2.0);
+    # ir1 stopped in period 1 and finetune has a single period.
+    assert lines[2] == "| schedule | boundaries | B1 | B2 | B3 | B4 | B5 | head |"
+    assert lines[4:] == ["| incremental_rollback | 1 |" + " 1.50× |" * 6]
+    # Geometric mean over boundaries: ratios 1.5 and 6.0 give 3.0.
+    extra = study.epochs[study.epochs["trial_id"] == "ir0"].assign(epoch=3, period=3)
+    extra[[c for c in extra.columns if c.startswith("grad_norm_")]] = 18.0
+    study.epochs = report.pd.concat([study.epochs, extra], ignore_index=True)
+    assert report.boundary_gradient_table(study)[4] == "| incremental_rollback | 2 |" + " 3.00× |" * 6
+    study.epochs = study.epochs[study.epochs["schedule"] == "finetune"]
+    assert report.boundary_gradient_table(study) == [
+        "No schedule in this study has crossed a period boundary."
+    ]
 
 
 def test_several_studies_make_one_report_with_out(tmp_path, synthetic_dir, capsys):
