@@ -411,7 +411,8 @@ def boundary_gradient_table(study: Study) -> list[str]:
         starts = trial.groupby("period").head(1).set_index("period")
         for period in starts.index[1:]:
             if period - 1 in ends.index:
-                ratio = starts.loc[period, columns] / ends.loc[period - 1, columns]
+                before = ends.loc[period - 1, columns].astype(float)
+                ratio = starts.loc[period, columns].astype(float) / before.where(before > 0)  # 0: frozen
                 ratios.append({"schedule": schedule, **ratio.to_dict()})
     if not ratios:
         return ["No schedule in this study has crossed a period boundary."]
@@ -421,15 +422,16 @@ def boundary_gradient_table(study: Study) -> list[str]:
     lines = [
         "Each block's gradient norm in the first epoch of a period divided by the last epoch of the "
         "period before (geometric mean over the boundaries and seeds; above 1: larger after the "
-        "boundary). `base_cy` restarts the learning rates without rolling anything back.",
+        "boundary; –: the block was frozen before it). `base_cy` restarts the learning rates without "
+        "rolling anything back.",
         "",
         f"| schedule | boundaries | {' | '.join(blocks)} |",
         f"|---|---|{'---|' * len(blocks)}",
     ]
     for schedule in order:
         rows = table[table["schedule"] == schedule]
-        means = rows[columns].apply(lambda r: float(np.exp(np.log(r.astype(float)).mean())))
-        cells = " | ".join(f"{means[c]:.2f}×" for c in columns)
+        means = rows[columns].apply(lambda r: float(np.exp(np.log(r.dropna()).mean())))
+        cells = " | ".join("–" if math.isnan(means[c]) else f"{means[c]:.2f}×" for c in columns)
         lines.append(f"| {schedule} | {len(rows)} | {cells} |")
     return lines
 

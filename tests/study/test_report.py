@@ -201,6 +201,9 @@ def test_boundary_gradient_table_divides_a_period_start_by_the_previous_end(tmp_
     extra[[c for c in extra.columns if c.startswith("grad_norm_")]] = 18.0
     study.epochs = report.pd.concat([study.epochs, extra], ignore_index=True)
     assert report.boundary_gradient_table(study)[4] == "| incremental_rollback | 2 |" + " 3.00× |" * 6
+    # A block frozen in the period before (norm 0, as in fc_warmup's warm-up) has no ratio.
+    study.epochs.loc[(study.epochs["trial_id"] == "ir0") & (study.epochs["epoch"] == 1), "grad_norm_B1"] = 0.0
+    assert report.boundary_gradient_table(study)[4] == "| incremental_rollback | 2 | 6.00× |" + " 3.00× |" * 5
     study.epochs = study.epochs[study.epochs["schedule"] == "finetune"]
     assert report.boundary_gradient_table(study) == [
         "No schedule in this study has crossed a period boundary."
