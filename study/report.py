@@ -344,8 +344,8 @@ def evaluation_table(study: Study) -> list[str]:
     if curves.empty or metric not in curves or curves[metric].isna().all():
         return ["No evaluations reported yet."]
     validated = curves.dropna(subset=[metric])
-    stats = validated.groupby(["schedule", "epoch"])[metric].agg(["mean", lambda v: v.std(ddof=0), "size"])
-    stats.columns = ["mean", "std", "seeds"]
+    stats = validated.groupby(["schedule", "epoch"])[metric].agg(["mean", lambda v: v.std(ddof=0)])
+    stats.columns = ["mean", "std"]
     epochs = sorted(validated["epoch"].unique())
     schedules = [s for s in study.best_per_schedule()["schedule"] if s in stats.index.get_level_values(0)]
     lines = [
