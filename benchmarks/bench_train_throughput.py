@@ -15,6 +15,7 @@ One run, one machine, one model and batch size; every trial excludes its warm-up
   no data     train_epoch on one batch already on the device: ours without the input pipeline
   ceiling     forward + backward + optimizer step on random tensors already on the device, the
               precision and memory format of ours, nothing else
+  compiled    with --compile: ours with the model's forward through torch.compile (train.compile)
 Images are the synthetic JPEGs of study.data.synthesize (or --data ROOT's training images), reused in
 a cycle when --images asks for more. Defaults: the paper's sizes on CUDA, a small model on CPU.
 Every trial runs once per round (--rounds) and its best round is reported, so that a busy spell of a
@@ -133,8 +134,9 @@ def ours_setup(config: RunConfig, num_classes: int, device: torch.device):
     return model, optimizer, step, _autocast(device, config.train.precision)
 
 
-def run_ours(config: RunConfig, train: ImageSet, num_classes: int, device, args) -> Trial:
+def run_ours(config: RunConfig, train: ImageSet, num_classes: int, device, args, compiled=False) -> Trial:
     model, optimizer, step, autocast = ours_setup(config, num_classes, device)
+    forward = torch.compile(model) if compiled else model  # as train.compile: true does
     batches = TrainBatches(train, args.batch, config.train.seed, device, channels_last=device.type == "cuda")
     # Epoch after epoch, each with its own order and flips, as the trainer draws them.
     stream = itertools.chain.from_iterable(
@@ -142,11 +144,10 @@ def run_ours(config: RunConfig, train: ImageSet, num_classes: int, device, args)
     )
 
     def run_steps(n: int) -> None:
-        train_epoch(model, model, optimizer, itertools.islice(stream, n), autocast, step, config)
+        train_epoch(forward, model, optimizer, itertools.islice(stream, n), autocast, step, config)
 
-    return timed_trial(
-        "ours (TrainBatches + train_epoch)", run_steps, args.warmup, args.steps, args.batch, device
-    )
+    name = "ours + torch.compile" if compiled else "ours (TrainBatches + train_epoch)"
+    return timed_trial(name, run_steps, args.warmup, args.steps, args.batch, device)
 
 
 def run_no_data(config: RunConfig, num_classes: int, device, args) -> Trial:
@@ -260,6 +261,7 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--rounds", type=int, default=2, help="every trial runs once a round; best kept")
     parser.add_argument("--data", help="a data set root to read JPEGs from instead of the synthetic set")
+    parser.add_argument("--compile", action="store_true", help="also time ours with torch.compile")
     args = parser.parse_args()
     args.device = torch.device(args.device)
     for key, value in DEFAULTS["cuda" if args.device.type == "cuda" else "cpu"].items():
@@ -312,6 +314,8 @@ def main() -> None:
         lambda: run_no_data(config, num_classes, device, args),
         lambda: run_ceiling(config, num_classes, device, args),
     ]
+    if args.compile:  # compiled once in its first round's warm-up steps
+        runs.append(lambda: run_ours(config, train, num_classes, device, args, compiled=True))
     # Rounds interleave the trials, so that a slow spell of a shared machine does not hit one trial only.
     rounds = [[run() for run in runs] for _ in range(args.rounds)]
     per_trial = list(zip(*rounds, strict=True))
@@ -326,10 +330,13 @@ def main() -> None:
         if trial.peak_bytes is not None:
             line += f" {trial.peak_bytes / 2**20:13.0f} {trial.syncs_per_step:10.1f}"
         print(line + "  " + " ".join(f"{t.images_per_second:.1f}" for t in results))
-    ours, reference, _, ceiling = trials
+    ours, reference, _, ceiling = trials[:4]
     print()
     print(f"ours / reference: {ours.images_per_second / reference.images_per_second:.2f}x")
     print(f"ours / ceiling: {ours.images_per_second / ceiling.images_per_second:.2f}")
+    if args.compile:
+        compiled = trials[4]
+        print(f"ours + torch.compile / ceiling: {compiled.images_per_second / ceiling.images_per_second:.2f}")
     if device.type == "cuda":
         _print_memory(ours, cache_bytes, args, device)
     _print_estimate(ours, args, device)
