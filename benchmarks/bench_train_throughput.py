@@ -63,6 +63,7 @@ class Trial:
     images: int
     peak_bytes: int | None
     syncs_per_step: float | None
+    warmup_seconds: float  # the untimed steps: torch.compile's compiling happens there
 
     @property
     def images_per_second(self) -> float:
@@ -90,19 +91,21 @@ def timed_trial(
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
+    started = time.perf_counter()
     run_steps(warmup)
     _synchronize(device)
+    warmup_seconds = time.perf_counter() - started
     started = time.perf_counter()
     run_steps(steps)
     _synchronize(device)
     seconds = time.perf_counter() - started
     if device.type != "cuda":
-        return Trial(name, seconds, steps * batch, None, None)
+        return Trial(name, seconds, steps * batch, None, None, warmup_seconds)
     peak = torch.cuda.max_memory_allocated(device)
     # The difference leaves out what a call costs once (train_epoch reads its sums back at its end).
     k = SYNC_CHECK_STEPS
     syncs = (_count_syncs(run_steps, 2 * k) - _count_syncs(run_steps, k)) / k
-    return Trial(name, seconds, steps * batch, peak, syncs)
+    return Trial(name, seconds, steps * batch, peak, syncs, warmup_seconds)
 
 
 def _count_syncs(run_steps: Callable[[int], None], n: int) -> int:
@@ -337,6 +340,8 @@ def main() -> None:
     if args.compile:
         compiled = trials[4]
         print(f"ours + torch.compile / ceiling: {compiled.images_per_second / ceiling.images_per_second:.2f}")
+        warmups = ", ".join(f"{trial.warmup_seconds:.1f}" for trial in per_trial[4])
+        print(f"torch.compile: {args.warmup} warm-up steps (compiling included) took {warmups} s by round")
     if device.type == "cuda":
         _print_memory(ours, cache_bytes, args, device)
     _print_estimate(ours, args, device)
