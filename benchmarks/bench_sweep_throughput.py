@@ -45,7 +45,7 @@ DEFAULTS = {
         "width": 144,
         "identities": 500,
         "cameras": 6,
-        "epochs": 10,
+        "epochs": 5,
     },
     "cpu": {
         "backbone": "mobilenet_v2",

@@ -40,5 +40,5 @@ else
   echo "sweep_throughput: skipped (needs a GPU and .gpu-deps/site.tar.xz from pack_sweep_deps.sh)" \
     | tee -a "$out/steps.txt"
 fi
-step train_throughput_compiled 90 "$python" -m benchmarks.bench_train_throughput --compile --rounds 1 --steps 50
+step train_throughput_compiled 120 "$python" -m benchmarks.bench_train_throughput --compile --rounds 1 --steps 50
 cat "$out/steps.txt"
