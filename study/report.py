@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import importlib.util
 import json
 import math
 from dataclasses import dataclass
@@ -259,6 +260,8 @@ def importance_section(study: Study) -> list[str]:
     db = study.folder / "optuna.db"
     if not db.exists():
         return ["No Optuna study (optuna.db) in this folder."]
+    if importlib.util.find_spec("optuna") is None:
+        return ["Not computed: Optuna is not installed here (pip install -e '.[sweep]')."]
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import importlib.util
 import logging
 import math
 import netrc
@@ -587,6 +588,17 @@ def _epoch_columns(rows: list[dict[str, Any]]) -> list[str]:
 # ----------------------------------------------------------------------------- the study
 
 
+def check_installed(wandb_mode: str) -> None:
+    """A study needs the sweep extra, unlike the trainer: Ray Tune, Optuna and (unless disabled) W&B."""
+    needed = ["ray", "optuna"] + (["wandb"] if wandb_mode != "disabled" else [])
+    missing = [name for name in needed if importlib.util.find_spec(name) is None]
+    if missing == ["wandb"]:
+        raise UserError("W&B logging needs wandb: pip install wandb, or set wandb.mode=disabled")
+    if missing:
+        names = " and ".join([", ".join(missing[:-1]), missing[-1]] if len(missing) > 1 else missing)
+        raise UserError(f"python -m study.sweep needs {names}: pip install -e '.[sweep]'")
+
+
 def check_study_dir(out: Path, space: SearchSpace, resume: bool) -> bool:
     """Refuse a folder holding another study (or this one without --resume); True when Ray can restore it."""
     marker = out / "study.yaml"
@@ -658,11 +670,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     space = load_search_space(args.search_space, args.set)
+    base = config_from_dict(space.base)
+    mode = wandb_mode(base.wandb.mode)
+    check_installed(mode)
     out = Path(args.out or Path("runs") / space.name).resolve()
     restore = check_study_dir(out, space, args.resume)
-    base = config_from_dict(space.base)
     check_data(base)
-    mode = wandb_mode(base.wandb.mode)
     if mode == "offline" and base.wandb.mode == "auto":
         print(f"W&B: no API key configured; logging offline to {out}/wandb (upload later with `wandb sync`)")
     print(describe(space))
