@@ -1,4 +1,4 @@
-"""``python -m study.report DIR [DIR ...] [--final] [--out FILE]``: reports of studies made by study.sweep.
+"""``python -m study.report DIR [DIR ...] [--final [--seeds N ...] [--jobs N]] [--out FILE]``: study reports.
 
 The report compares the schedules (each schedule's best configuration, mean ± std over its
 seeds), names the best configuration, ranks the tuned parameters by importance (Optuna's
@@ -8,7 +8,7 @@ and 5) and each tuned parameter against mAP.
 ``--final`` retrains the best configuration and the fine-tuning baseline (the best ``finetune``
 configuration, or ``finetune`` for the same number of epochs when the study has none) on every
 training identity with ``data.evaluate_on=test``, once per seed of the study or of ``--seeds``
-(into DIR/final/), and adds their test mAP and rank-1.
+(into DIR/final/), and adds their test mAP and rank-1; ``--jobs N`` trains N of those runs at once.
 By default the report is DIR/report.md with plots in DIR/plots/; ``--out FILE`` writes it (of one
 or several studies) to FILE, with plots in a folder named after FILE beside it.
 """
@@ -554,16 +554,17 @@ def _save(fig: Any, path: Path) -> Path:
 # ----------------------------------------------------------------------------- --final
 
 
-def retrain_final(study: Study, seeds: list[int] | None = None) -> list[dict[str, Any]]:
+def retrain_final(study: Study, seeds: list[int] | None = None, jobs: int = 1) -> list[dict[str, Any]]:
     """Retrain the best configuration and the fine-tuning baseline on the test protocol, once per seed
-    (``seeds``, by default the study's).
+    (``seeds``, by default the study's), ``jobs`` runs at a time.
 
     Runs go to DIR/final/LABEL/seed-N; finished ones are read back, interrupted ones resumed.
+
+    >>> retrain_final(load_study("runs/cuhk03_periods"), seeds=[0, 1, 2], jobs=3)
     """
     from schedules import build_schedule
     from study.config import config_from_dict
     from study.search_space import SCHEDULE_KEY, SEED_KEY, parse_search_space
-    from study.trainer import train_run
 
     best = study.best_per_schedule().dropna(subset=["mAP_mean"])
     if best.empty:
@@ -587,23 +588,68 @@ def retrain_final(study: Study, seeds: list[int] | None = None) -> list[dict[str
         chosen["finetune"] = lambda seed: config_from_dict(
             copy.deepcopy(baseline), [f"train.seed={seed}", "train.progress=false"]
         )
-    runs = []
+    runs, pending = [], []
     for label, make_config in chosen.items():
         for seed in seeds or space.seeds:
             config = make_config(seed)
             config.data.evaluate_on = "test"
-            config.train.progress = True
+            config.train.progress = jobs == 1  # the bars of several processes would interleave
             folder = study.folder / "final" / label / f"seed-{seed}"
-            summary_file = folder / "summary.json"
-            if summary_file.exists():
-                summary = json.loads(summary_file.read_text())
-            else:
-                what = f"{label} ({config.schedule['name']}, seed {seed})"
-                print(f"retraining {what} on the test protocol into {folder}")
-                summary = train_run(config, folder, resume=True)
-            where = str(folder.relative_to(study.folder))
-            runs.append({"label": label, "seed": seed, "summary": summary, "folder": where})
+            runs.append({"label": label, "seed": seed, "folder": str(folder.relative_to(study.folder))})
+            if not (folder / "summary.json").exists():
+                pending.append((f"{label} ({config.schedule['name']}, seed {seed})", config, folder))
+    if jobs == 1:
+        for what, config, folder in pending:
+            print(f"retraining {what} on the test protocol into {folder}")
+            _train_final(config, folder)
+    else:
+        _train_in_processes(pending, jobs)
+    for run in runs:
+        run["summary"] = json.loads((study.folder / run["folder"] / "summary.json").read_text())
     return runs
+
+
+def _train_final(config: Any, folder: Path) -> None:
+    from study.trainer import train_run
+
+    train_run(config, folder, resume=True)
+
+
+def threads_per_job(jobs: int) -> int:
+    """The torch CPU threads of each of ``jobs`` runs at once: an equal share of this process's cores."""
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // jobs)
+
+
+def _train_in_processes(pending: list[tuple[str, Any, Path]], jobs: int) -> None:
+    """Train ``jobs`` runs at a time, each in its own process with its share of the cores (and, on a
+    machine of several GPUs, the GPUs in turn); the first failure is raised once the others end."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    import torch
+
+    gpus = torch.cuda.device_count()
+    # spawn, not fork: a forked child cannot use CUDA, and torch's thread pools do not survive a fork.
+    context = multiprocessing.get_context("spawn")
+    threads = threads_per_job(jobs)
+    with ProcessPoolExecutor(jobs, context, initializer=torch.set_num_threads, initargs=(threads,)) as pool:
+        submitted = {}
+        for index, (what, config, folder) in enumerate(pending):
+            if gpus > 1 and config.train.device in ("auto", "cuda"):
+                config.train.device = f"cuda:{index % gpus}"
+            print(f"retraining {what} on the test protocol into {folder} ({jobs} at a time)")
+            submitted[pool.submit(_train_final, config, folder)] = what
+        failures = []
+        for future in as_completed(submitted):
+            if future.exception() is None:
+                print(f"finished {submitted[future]}")
+            else:
+                failures.append(future.exception())
+    if failures:
+        raise failures[0]
 
 
 # ----------------------------------------------------------------------------- formatting
@@ -662,11 +708,17 @@ def main(argv: list[str] | None = None) -> None:
         "--seeds", type=int, nargs="+", metavar="N", help="seeds for --final (default: the study's)"
     )
     parser.add_argument(
+        "--jobs", type=int, metavar="N", help="--final runs trained at once, in processes sharing the machine"
+    )
+    parser.add_argument(
         "--out", type=Path, help="the report's file, plots in a folder named after it (default DIR/report.md)"
     )
     args = parser.parse_args(argv)
-    if args.seeds and not args.final:
-        raise UserError("--seeds chooses the seeds of the --final retraining; add --final")
+    for option, value in (("--seeds", args.seeds), ("--jobs", args.jobs)):
+        if value is not None and not args.final:
+            raise UserError(f"{option} is an option of the --final retraining; add --final")
+    if args.jobs is not None and args.jobs < 1:
+        raise UserError(f"--jobs must be at least 1, got {args.jobs}")
     if len(args.folders) > 1 and args.out is None:
         raise UserError("several study folders make one report: name its file with --out FILE")
     studies = [load_study(folder) for folder in args.folders]
@@ -676,7 +728,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.final and study.prefix == "test":
             print(f"{study.folder} was evaluated on the test protocol already: --final retrains nothing")
         elif args.final:
-            final = retrain_final(study, args.seeds)
+            final = retrain_final(study, args.seeds, args.jobs or 1)
         reports.append((study, final))
     if args.out is None:
         path = write_report(*reports[0])

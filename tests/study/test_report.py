@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 import yaml
 
 from study import report
@@ -251,6 +252,45 @@ def test_final_retrains_the_best_and_finetune_once_per_seed_on_the_test_protocol
     assert f"| best | incremental_rollback | {mean:.2f} ± {std:.2f} |" in text
     assert f"{maps[0]:.2f} (seed 0), {maps[1]:.2f} (seed 1)" in text
     assert "The best configuration minus fine-tuning: " in text and "Welch's t-test p = " in text
+
+
+def test_final_with_jobs_trains_in_other_processes_as_it_would_here(tmp_path, synthetic_dir, monkeypatch):
+    write_study(tmp_path / "here", synthetic_dir)
+    write_study(tmp_path / "processes", synthetic_dir)
+    # A run's numbers depend on its torch threads: train here with those of each of 2 processes.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(report.threads_per_job(2))
+    try:
+        here = report.retrain_final(report.load_study(tmp_path / "here"), seeds=[0])
+    finally:
+        torch.set_num_threads(threads)
+
+    def in_this_process(*args, **kwargs):
+        raise AssertionError("--jobs 2 trained a run in the report's own process")
+
+    monkeypatch.setattr("study.trainer.train_run", in_this_process)  # a spawned process imports its own
+    processes = report.retrain_final(report.load_study(tmp_path / "processes"), seeds=[0], jobs=2)
+    assert [(run["label"], run["seed"]) for run in processes] == [("best", 0), ("finetune", 0)]
+    for alone, shared in zip(here, processes, strict=True):
+        assert shared["summary"]["status"] == "finished" and shared["summary"]["epochs"] == 2
+        assert shared["summary"]["config"]["train"]["progress"] is False  # no interleaved bars
+        assert shared["summary"]["final_loss"] == alone["summary"]["final_loss"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--jobs", "2"], "--jobs is an option of the --final retraining; add --final"),
+        (["--seeds", "0"], "--seeds is an option of the --final retraining; add --final"),
+        (["--final", "--jobs", "0"], "--jobs must be at least 1, got 0"),
+    ],
+)
+def test_bad_final_options_are_one_line_errors(tmp_path, synthetic_dir, capsys, args, message):
+    write_study(tmp_path, synthetic_dir)
+    with pytest.raises(SystemExit) as exit:
+        report.main([str(tmp_path), *args])
+    assert exit.value.code == 2 and capsys.readouterr().err == f"error: {message}\n"
+    assert not (tmp_path / "final").exists() and not (tmp_path / "report.md").exists()
 
 
 def test_final_fine_tunes_for_the_best_budget_when_the_study_has_no_finetune(tmp_path, synthetic_dir):
