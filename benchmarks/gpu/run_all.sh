@@ -33,7 +33,7 @@ step cuda_tests 60 "$python" -m pytest -q -p no:cacheprovider -k cuda tests/test
 step train_throughput 110 "$python" -m benchmarks.bench_train_throughput
 step rank_metrics 60 "$python" -m benchmarks.bench_rank_metrics
 if [[ -f .gpu-deps/site.tar.xz ]] && "$python" -c 'import torch; assert torch.cuda.is_available()'; then
-  mkdir -p /tmp/gpu-deps && tar -C /tmp/gpu-deps -xJf .gpu-deps/site.tar.xz
+  "$python" -c 'import tarfile; tarfile.open(".gpu-deps/site.tar.xz").extractall("/tmp/gpu-deps", filter="tar")'
   PYTHONPATH="$PYTHONPATH:/tmp/gpu-deps/site" step sweep_throughput 250 \
     "$python" -m benchmarks.bench_sweep_throughput --out /tmp/bench-sweep-throughput
 else
