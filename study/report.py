@@ -616,7 +616,10 @@ def _train_final(config: Any, folder: Path) -> None:
 
 
 def threads_per_job(jobs: int) -> int:
-    """The torch CPU threads of each of ``jobs`` runs at once: an equal share of this process's cores."""
+    """The torch CPU threads of each of ``jobs`` runs at once: an equal share of this process's cores.
+
+    >>> threads_per_job(3)  # 5 on a 16-core machine, 1 on a 2-core one
+    """
     import os
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

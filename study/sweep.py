@@ -589,7 +589,10 @@ def _epoch_columns(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def check_installed(wandb_mode: str) -> None:
-    """A study needs the sweep extra, unlike the trainer: Ray Tune, Optuna and (unless disabled) W&B."""
+    """A study needs the sweep extra, unlike the trainer: Ray Tune, Optuna and (unless disabled) W&B.
+
+    >>> check_installed("disabled")  # UserError naming what is missing, e.g. "needs ray and optuna"
+    """
     needed = ["ray", "optuna"] + (["wandb"] if wandb_mode != "disabled" else [])
     missing = [name for name in needed if importlib.util.find_spec(name) is None]
     if missing == ["wandb"]:
