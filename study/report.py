@@ -300,13 +300,18 @@ def importance_section(study: Study) -> list[str]:
 
 def final_table(final: list[dict[str, Any]]) -> list[str]:
     """Test mAP and rank-1 of the final models, mean ± std over seeds per retrained configuration."""
+    diverged = {(run["label"], run["seed"]) for run in final if run["summary"]["status"] == "diverged"}
+
+    def value(run: dict[str, Any], key: str) -> Any:  # a diverged run's last evaluation is no final model's
+        return math.nan if (run["label"], run["seed"]) in diverged else run["summary"].get(key)
+
     runs = pd.DataFrame(
         {
             "label": run["label"],
             "schedule": run["summary"]["schedule"],
             "seed": run["seed"],
-            "mAP": run["summary"].get("final_test_mAP"),
-            "rank1": run["summary"].get("final_test_rank1"),
+            "mAP": value(run, "final_test_mAP"),
+            "rank1": value(run, "final_test_rank1"),
             "epochs": run["summary"]["epochs"],
             "folder": run["folder"],
         }
@@ -318,7 +323,10 @@ def final_table(final: list[dict[str, Any]]) -> list[str]:
     ]
     for label, runs_of in runs.groupby("label", sort=False):
         seeds = zip(runs_of["seed"], runs_of["mAP"], strict=True)
-        per_seed = ", ".join(f"{mAP * 100:.2f} (seed {seed})" for seed, mAP in seeds)
+        per_seed = ", ".join(
+            f"diverged (seed {seed})" if (label, seed) in diverged else f"{mAP * 100:.2f} (seed {seed})"
+            for seed, mAP in seeds
+        )
         folders = ", ".join(sorted({str(Path(f).parent) for f in runs_of["folder"]}))
         mAP, rank1 = runs_of["mAP"], runs_of["rank1"]
         lines.append(
@@ -327,11 +335,13 @@ def final_table(final: list[dict[str, Any]]) -> list[str]:
             f"| {runs_of['epochs'].iloc[0]} | {folders} |"
         )
     lines += ["", "Values of the final model (no selection on the test set); mean ± std over seeds, in %."]
+    if diverged:
+        lines.append(f"{len(diverged)} run(s) diverged; means and tests are over the runs that did not.")
     means = runs.groupby("label", sort=False)["mAP"].mean()
-    if {"best", "finetune"} <= set(means.index):
+    if {"best", "finetune"} <= set(means.index) and means[["best", "finetune"]].notna().all():
         gap = (means["best"] - means["finetune"]) * 100
         spread = runs[runs["label"] == "finetune"]["mAP"].std(ddof=0) * 100
-        by_label = {label: runs_of.set_index("seed")["mAP"] for label, runs_of in runs.groupby("label")}
+        by_label = {label: of["mAP"].dropna() for label, of in runs.set_index("seed").groupby("label")}
         p = _p_value(by_label["best"], by_label["finetune"])
         lines.append(
             f"The best configuration minus fine-tuning: {gap:+.2f} mAP points "
@@ -601,7 +611,7 @@ def retrain_final(study: Study, seeds: list[int] | None = None, jobs: int = 1) -
     if jobs == 1:
         for what, config, folder in pending:
             print(f"retraining {what} on the test protocol into {folder}")
-            _train_final(config, folder)
+            _train_final(config, folder, what)
     else:
         _train_in_processes(pending, jobs)
     for run in runs:
@@ -609,10 +619,13 @@ def retrain_final(study: Study, seeds: list[int] | None = None, jobs: int = 1) -
     return runs
 
 
-def _train_final(config: Any, folder: Path) -> None:
-    from study.trainer import train_run
+def _train_final(config: Any, folder: Path, what: str) -> None:
+    from study.trainer import Diverged, train_run
 
-    train_run(config, folder, resume=True)
+    try:
+        train_run(config, folder, resume=True)
+    except Diverged as error:  # a result, not a failure: the table shows it, summary.json says so
+        print(f"{what} diverged ({error}); it counts as no test mAP")
 
 
 def threads_per_job(jobs: int) -> int:
@@ -644,11 +657,11 @@ def _train_in_processes(pending: list[tuple[str, Any, Path]], jobs: int) -> None
             if gpus > 1 and config.train.device in ("auto", "cuda"):
                 config.train.device = f"cuda:{index % gpus}"
             print(f"retraining {what} on the test protocol into {folder} ({jobs} at a time)")
-            submitted[pool.submit(_train_final, config, folder)] = what
+            submitted[pool.submit(_train_final, config, folder, what)] = what
         failures = []
         for future in as_completed(submitted):
             if future.exception() is None:
-                print(f"finished {submitted[future]}")
+                print(f"done: {submitted[future]}")
             else:
                 failures.append(future.exception())
     if failures:

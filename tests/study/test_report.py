@@ -254,6 +254,19 @@ def test_final_retrains_the_best_and_finetune_once_per_seed_on_the_test_protocol
     assert "The best configuration minus fine-tuning: " in text and "Welch's t-test p = " in text
 
 
+def test_final_runs_that_diverge_are_shown_as_diverged_not_as_their_last_evaluation(tmp_path, synthetic_dir):
+    write_study(tmp_path, synthetic_dir)
+    results = tmp_path / "results.csv"
+    results.write_text(results.read_text().replace(",0.02,", ",1000000.0,"))  # the best's schedule.lr
+    report.main([str(tmp_path), "--final"])
+    summary = json.loads((tmp_path / "final" / "best" / "seed-0" / "summary.json").read_text())
+    assert summary["status"] == "diverged" and summary["config"]["schedule"]["lr"] == 1e6
+    text = (tmp_path / "report.md").read_text()
+    assert "| best | incremental_rollback | – | – | 2 | diverged (seed 0), diverged (seed 1) |" in text
+    assert "2 run(s) diverged; means and tests are over the runs that did not." in text
+    assert "The best configuration minus fine-tuning" not in text  # nothing to compare with
+
+
 def test_final_with_jobs_trains_in_other_processes_as_it_would_here(tmp_path, synthetic_dir, monkeypatch):
     write_study(tmp_path / "here", synthetic_dir)
     write_study(tmp_path / "processes", synthetic_dir)
