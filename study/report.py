@@ -635,8 +635,7 @@ def threads_per_job(jobs: int) -> int:
     """
     import os
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, cores // jobs)
+    return max(1, len(os.sched_getaffinity(0)) // jobs)
 
 
 def _train_in_processes(pending: list[tuple[str, Any, Path]], jobs: int) -> None:
@@ -660,10 +659,11 @@ def _train_in_processes(pending: list[tuple[str, Any, Path]], jobs: int) -> None
             submitted[pool.submit(_train_final, config, folder, what)] = what
         failures = []
         for future in as_completed(submitted):
-            if future.exception() is None:
+            error = future.exception()
+            if error is None:
                 print(f"done: {submitted[future]}")
             else:
-                failures.append(future.exception())
+                failures.append(error)
     if failures:
         raise failures[0]
 

@@ -598,7 +598,7 @@ def check_installed(wandb_mode: str) -> None:
     if missing == ["wandb"]:
         raise UserError("W&B logging needs wandb: pip install wandb, or set wandb.mode=disabled")
     if missing:
-        names = " and ".join([", ".join(missing[:-1]), missing[-1]] if len(missing) > 1 else missing)
+        names = f"{', '.join(missing[:-1])} and {missing[-1]}" if len(missing) > 1 else missing[0]
         raise UserError(f"python -m study.sweep needs {names}: pip install -e '.[sweep]'")
 
 
