@@ -202,7 +202,7 @@ def against_finetune(study: Study) -> list[str]:
     baseline = per_seed(best[best["schedule"] == "finetune"].iloc[0])
     lines = [
         f"Final {study.metric} (the last evaluation of each run) minus `finetune`'s, in points; p: Welch's "
-        "two-sided t-test over the seeds (with 3 seeds only a large, consistent gap stands out of the "
+        "two-sided t-test over the seeds (with a few seeds only a large, consistent gap stands out of the "
         "seed noise); seeds better: the seeds whose run beats `finetune`'s run of the same seed.",
         "",
         f"| schedule | final {study.prefix} mAP | Δ vs finetune | p | seeds better |",
