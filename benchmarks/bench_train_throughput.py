@@ -7,14 +7,14 @@
 One run, one machine, one model and batch size; every trial excludes its warm-up steps:
   ours        TrainBatches (uint8 image cache on the device; shuffle, flip and normalisation as
               tensor ops) feeding the real train_epoch (per-group gradient norms, SGD with Nesterov
-              momentum, bf16 autocast and channels_last on CUDA, float32 on CPU)
+              momentum), in the precision and memory format the trainer chooses (study/devices.py)
   reference   the paper's code: JPEG files decoded by PIL and torchvision transforms (bicubic
               Resize, RandomHorizontalFlip, ToTensor, Normalize) in a shuffling DataLoader with
               workers (pinned memory on CUDA), a float32 model, a plain SGD step, and the loss read
               back every step (``loss.data[0]`` in the official loop)
   no data     train_epoch on one batch already on the device: ours without the input pipeline
-  ceiling     forward + backward + optimizer step on random tensors already on the device, the
-              precision and memory format of ours, nothing else
+  plain loop  forward + backward + optimizer step on random tensors already on the device, nothing
+              else, in each of NCHW / channels_last x float32 / bf16 autocast; the best is the ceiling
   compiled    with --compile: ours with the model's forward through torch.compile (train.compile)
 Images are the synthetic JPEGs of study.data.synthesize (or --data ROOT's training images), reused in
 a cycle when --images asks for more. Defaults: the paper's sizes on CUDA, a small model on CPU.
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import itertools
 import os
 import time
@@ -41,8 +42,16 @@ from torchvision import transforms
 from schedules import build_schedule
 from study.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from study.data import IMAGENET_MEAN, IMAGENET_STD, ImageSet, decode_images, split_samples
+from study.devices import autocast_dtype, uses_channels_last
 from study.models import build_model
-from study.trainer import TrainBatches, _autocast, make_optimizer, set_frozen, set_learning_rates, train_epoch
+from study.trainer import (
+    TrainBatches,
+    autocast_context,
+    make_optimizer,
+    set_frozen,
+    set_learning_rates,
+    train_epoch,
+)
 
 DEFAULTS = {
     "cuda": {"backbone": "resnet50", "height": 288, "width": 144, "images": 2048, "steps": 100, "warmup": 10},
@@ -128,19 +137,21 @@ def _synchronize(device: torch.device) -> None:
 def ours_setup(config: RunConfig, num_classes: int, device: torch.device):
     """The model, optimizer, first epoch and autocast of a run, as study.trainer.train_run prepares them."""
     model = build_model(config.model, num_classes).to(device)
-    if device.type == "cuda" and config.train.channels_last:
+    if uses_channels_last(device, config.train.channels_last):
         model.to(memory_format=torch.channels_last)
     step = build_schedule(config.schedule).plan()[0]
     optimizer = make_optimizer(model, config)
     set_frozen(model, step.frozen)
     set_learning_rates(optimizer, step.lr)
-    return model, optimizer, step, _autocast(device, config.train.precision)
+    dtype = autocast_dtype(device, config.train.precision, config.model.backbone)
+    return model, optimizer, step, autocast_context(device, dtype)
 
 
 def run_ours(config: RunConfig, train: ImageSet, num_classes: int, device, args, compiled=False) -> Trial:
     model, optimizer, step, autocast = ours_setup(config, num_classes, device)
     forward = torch.compile(model) if compiled else model  # as train.compile: true does
-    batches = TrainBatches(train, args.batch, config.train.seed, device, channels_last=device.type == "cuda")
+    channels_last = uses_channels_last(device, config.train.channels_last)
+    batches = TrainBatches(train, args.batch, config.train.seed, device, channels_last=channels_last)
     # Epoch after epoch, each with its own order and flips, as the trainer draws them.
     stream = itertools.chain.from_iterable(
         batches.epoch(dataclasses.replace(step, epoch=epoch)) for epoch in itertools.count(1)
@@ -155,7 +166,7 @@ def run_ours(config: RunConfig, train: ImageSet, num_classes: int, device, args,
 
 def run_no_data(config: RunConfig, num_classes: int, device, args) -> Trial:
     model, optimizer, step, autocast = ours_setup(config, num_classes, device)
-    images, labels = _device_batch(args, num_classes, device)
+    images, labels = _device_batch(args, num_classes, device, uses_channels_last(device, True))
 
     def run_steps(n: int) -> None:
         train_epoch(model, model, optimizer, itertools.repeat((images, labels), n), autocast, step, config)
@@ -165,9 +176,18 @@ def run_no_data(config: RunConfig, num_classes: int, device, args) -> Trial:
     )
 
 
-def run_ceiling(config: RunConfig, num_classes: int, device, args) -> Trial:
-    model, optimizer, _, autocast = ours_setup(config, num_classes, device)
-    images, labels = _device_batch(args, num_classes, device)
+PLAIN_LOOPS = [(channels_last, dtype) for channels_last in (False, True) for dtype in (None, torch.bfloat16)]
+
+
+def run_plain_loop(
+    config: RunConfig, num_classes: int, device, args, channels_last: bool, dtype: torch.dtype | None
+) -> Trial:
+    plain = dataclasses.replace(
+        config, train=dataclasses.replace(config.train, channels_last=channels_last, precision="fp32")
+    )
+    model, optimizer, _, _ = ours_setup(plain, num_classes, device)
+    images, labels = _device_batch(args, num_classes, device, channels_last)
+    autocast = autocast_context(device, dtype)
 
     def run_steps(n: int) -> None:
         for _ in range(n):
@@ -177,14 +197,15 @@ def run_ceiling(config: RunConfig, num_classes: int, device, args) -> Trial:
             loss.backward()
             optimizer.step()
 
-    return timed_trial(
-        "ceiling (fwd + bwd + step on device)", run_steps, args.warmup, args.steps, args.batch, device
-    )
+    name = f"plain loop, {'channels_last' if channels_last else 'NCHW'} {'bf16' if dtype else 'fp32'}"
+    return timed_trial(name, run_steps, args.warmup, args.steps, args.batch, device)
 
 
-def _device_batch(args, num_classes: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def _device_batch(
+    args, num_classes: int, device: torch.device, channels_last: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     images = torch.randn(args.batch, 3, args.height, args.width, device=device)
-    if device.type == "cuda":
+    if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
     return images, torch.randint(0, num_classes, (args.batch,), device=device)
 
@@ -265,6 +286,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=2, help="every trial runs once a round; best kept")
     parser.add_argument("--data", help="a data set root to read JPEGs from instead of the synthetic set")
     parser.add_argument("--compile", action="store_true", help="also time ours with torch.compile")
+    parser.add_argument(
+        "--precision", default="auto", choices=["auto", "fp32", "bf16"], help="ours' train.precision"
+    )
     args = parser.parse_args()
     args.device = torch.device(args.device)
     for key, value in DEFAULTS["cuda" if args.device.type == "cuda" else "cpu"].items():
@@ -309,13 +333,16 @@ def main() -> None:
     )
     config = RunConfig(
         model=ModelConfig(backbone=args.backbone, weights="none"),
-        train=TrainConfig(batch_size=args.batch, progress=False),
+        train=TrainConfig(batch_size=args.batch, progress=False, precision=args.precision),
     )
     runs = [
         lambda: run_ours(config, train, num_classes, device, args),
         lambda: run_reference(paths, labels.tolist(), num_classes, device, args),
         lambda: run_no_data(config, num_classes, device, args),
-        lambda: run_ceiling(config, num_classes, device, args),
+        *[
+            functools.partial(run_plain_loop, config, num_classes, device, args, channels_last, dtype)
+            for channels_last, dtype in PLAIN_LOOPS
+        ],
     ]
     if args.compile:  # compiled once in its first round's warm-up steps
         runs.append(lambda: run_ours(config, train, num_classes, device, args, compiled=True))
@@ -333,12 +360,19 @@ def main() -> None:
         if trial.peak_bytes is not None:
             line += f" {trial.peak_bytes / 2**20:13.0f} {trial.syncs_per_step:10.1f}"
         print(line + "  " + " ".join(f"{t.images_per_second:.1f}" for t in results))
-    ours, reference, _, ceiling = trials[:4]
-    print()
+    ours, reference = trials[:2]
+    plain = trials[3 : 3 + len(PLAIN_LOOPS)]
+    ceiling = max(plain, key=lambda t: t.images_per_second)
+    dtype = autocast_dtype(device, config.train.precision, config.model.backbone)
+    print(
+        f"\nours runs {'channels_last' if uses_channels_last(device, True) else 'NCHW'}"
+        f" {'bf16' if dtype else 'fp32'} (train.precision auto); the ceiling is the best plain loop:"
+        f" {ceiling.name.removeprefix('plain loop, ')}"
+    )
     print(f"ours / reference: {ours.images_per_second / reference.images_per_second:.2f}x")
     print(f"ours / ceiling: {ours.images_per_second / ceiling.images_per_second:.2f}")
     if args.compile:
-        compiled = trials[4]
+        compiled = trials[-1]
         print(f"ours + torch.compile / ceiling: {compiled.images_per_second / ceiling.images_per_second:.2f}")
         warmups = ", ".join(f"{trial.warmup_seconds:.1f}" for trial in per_trial[4])
         print(f"torch.compile: {args.warmup} warm-up steps (compiling included) took {warmups} s by round")

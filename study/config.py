@@ -67,9 +67,13 @@ class TrainConfig:
     weight_decay: float = 5e-4
     seed: int = 0
     device: str = "auto"
-    # "auto": bf16 autocast on CUDA, float32 on CPU.
+    # "auto": the fastest measured (study/devices.py): bf16 autocast on CUDA and for ResNets on CPUs
+    # with bf16 instructions, float32 otherwise.
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     channels_last: bool = True
+    # torch CPU threads; 0: torch's default (every core, or OMP_NUM_THREADS). Runs sharing a machine
+    # should split its cores: results depend (slightly) on the thread count.
+    threads: int = 0
     # Where the decoded uint8 training images live: "auto" (on the GPU when they fit in half of its
     # free memory, else pinned host memory), "always" (the training device) or "never" (host).
     data_on_device: Literal["auto", "always", "never"] = "auto"
@@ -267,6 +271,7 @@ def _check_values(config: RunConfig) -> None:
         "train.weight_decay": config.train.weight_decay,
         "train.momentum": config.train.momentum,
         "train.eval_every": config.train.eval_every,
+        "train.threads": config.train.threads,
         "train.checkpoint_every": config.train.checkpoint_every,
     }
     for name, value in non_negative.items():

@@ -18,6 +18,7 @@ from torch import nn
 
 from study.config import RunConfig, config_from_dict
 from study.data import ImageSet, Sample, decode_images, normalize, read_dataset
+from study.devices import autocast_dtype, uses_channels_last
 from study.errors import UserError, cli, unknown
 from study.metrics import METRICS, pairwise_distance, rank_metrics
 from study.models import build_model
@@ -50,13 +51,14 @@ def extract_features(
         raise ValueError("no images to extract features from")
     device = _model_device(model) if device is None else torch.device(device)
     use_autocast = dtype is not None and dtype != torch.float32
+    channels_last = _is_channels_last(model)
     modes = [(module, module.training) for module in model.modules()]
     model.eval()
     try:
         out = None
         for start in range(0, len(images), batch_size):
             batch = normalize(images[start : start + batch_size].to(device, non_blocking=True))
-            if device.type == "cuda":
+            if channels_last:
                 batch = batch.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=dtype, enabled=use_autocast):
                 features = model.features(batch).float()
@@ -140,6 +142,12 @@ def summarize(metrics: dict[str, Any]) -> dict[str, float]:
         "mINP": float(metrics["mINP"]),
         "num_skipped_queries": int(metrics["num_skipped_queries"]),
     }
+
+
+def _is_channels_last(model: nn.Module) -> bool:
+    """Whether the model's convolutions are kept channels_last: its images should be too."""
+    conv = next((p for p in model.parameters() if p.dim() == 4 and p.shape[2:] != (1, 1)), None)
+    return conv is not None and conv.is_contiguous(memory_format=torch.channels_last)
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -281,6 +289,8 @@ def main(argv: list[str] | None = None) -> None:
     if batch_size < 1:
         raise UserError(f"--batch-size must be positive, got {batch_size}")
     model = model_from_checkpoint(config, state).to(device)
+    if uses_channels_last(device, config.train.channels_last):
+        model.to(memory_format=torch.channels_last)
 
     dataset = read_dataset(args.data, args.format)
     show = _parse_show(args.show, len(dataset.query))
@@ -297,7 +307,7 @@ def main(argv: list[str] | None = None) -> None:
         distance=config.train.distance,
         batch_size=batch_size,
         device=device,
-        dtype=_autocast_dtype(device, config.train.precision),
+        dtype=autocast_dtype(device, config.train.precision, config.model.backbone),
         rerank=args.rerank,
     )
     metrics = rank_metrics(dist, query.pids, gallery.pids, query.camids, gallery.camids, max_rank=10)
@@ -314,12 +324,6 @@ def _resolve_device(name: str | None) -> torch.device:
     if name is None:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(name)
-
-
-def _autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
-        return torch.bfloat16
-    return None
 
 
 def _parse_show(text: str | None, num_queries: int) -> list[int]:

@@ -24,6 +24,7 @@ from torch import nn
 from schedules import GROUPS, EpochPlan, Reset, build_schedule
 from study.config import RunConfig, config_from_dict
 from study.data import ImageSet, ReIDData, load_data, normalize, random_hflip
+from study.devices import autocast_dtype, choose_device, uses_channels_last
 from study.errors import UserError
 from study.files import atomic_torch_save, atomic_write_csv, atomic_write_json, atomic_write_text
 from study.models import ReIDNet, build_model, group_state, snapshot
@@ -50,7 +51,8 @@ def train_run(
     out_dir = Path(out_dir)
     plan = build_schedule(config.schedule).plan()
     checkpoint = _checkpoint_to_resume(out_dir, config, resume)
-    device = _device(config.train.device)
+    device = choose_device(config.train.device)
+    set_threads(config.train.threads)
     data = load_data(config.data)
     if len(data.train.images) < config.train.batch_size:
         raise UserError(
@@ -65,7 +67,8 @@ def train_run(
     atomic_write_text(out_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
     initial = snapshot(model)  # the pre-trained blocks and the initial head, restored bit for bit
     model.to(device)
-    if device.type == "cuda" and config.train.channels_last:
+    channels_last = uses_channels_last(device, config.train.channels_last)
+    if channels_last:
         model.to(memory_format=torch.channels_last)
     forward = torch.compile(model) if config.train.compile else model
     optimizer: torch.optim.Optimizer | None = None
@@ -73,7 +76,6 @@ def train_run(
 
     if checkpoint is not None:
         optimizer, history = _restore(checkpoint, model, config, device)
-    channels_last = device.type == "cuda" and config.train.channels_last
     place = cache_placement(config, data.train.images, device)
     batches = TrainBatches(
         data.train,
@@ -83,7 +85,7 @@ def train_run(
         channels_last=channels_last,
         place=place,
     )
-    autocast = _autocast(device, config.train.precision)
+    autocast = autocast_context(device, autocast_dtype(device, config.train.precision, config.model.backbone))
 
     for step in plan[len(history) :]:
         if step.first_in_period:
@@ -329,7 +331,7 @@ def evaluate_model(
         distance=config.train.distance,
         batch_size=config.train.eval_batch_size,
         device=device,
-        dtype=_amp_dtype(device, config.train.precision),
+        dtype=autocast_dtype(device, config.train.precision, config.model.backbone),
     )
     prefix = config.data.evaluate_on
     return {f"{prefix}_{k}": metrics[k] for k in ("mAP", "rank1", "rank5", "rank10", "mINP")}
@@ -455,26 +457,14 @@ def summarize(history: list[dict[str, Any]], config: RunConfig, status: str = "f
 # ----------------------------------------------------------------------------- devices
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"train.device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"train.device={name} but CUDA is not available here; use train.device=auto or cpu")
-    return device
+def set_threads(threads: int) -> None:
+    """Use ``threads`` torch CPU threads (0: torch's own choice, or OMP_NUM_THREADS when set)."""
+    if threads > 0:
+        torch.set_num_threads(threads)
 
 
-def _amp_dtype(device: torch.device, precision: str) -> torch.dtype | None:
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
-        return torch.bfloat16
-    return None
-
-
-def _autocast(device: torch.device, precision: str) -> Callable:
-    dtype = _amp_dtype(device, precision)
+def autocast_context(device: torch.device, dtype: torch.dtype | None) -> Callable:
+    """A factory of autocast contexts in ``dtype`` (None: float32, no autocast)."""
     if dtype is None:
         return nullcontext
     return lambda: torch.autocast(device_type=device.type, dtype=dtype)

@@ -120,6 +120,29 @@ def test_bf16_autocast_gives_float32_features_close_to_fp32():
     torch.testing.assert_close(bf16, extract_features(model, images), atol=3e-2, rtol=0)
 
 
+class Spatial(nn.Module):
+    """Stand-in with a 3x3 convolution that records the memory format of the images it is given."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.inputs_channels_last: list[bool] = []
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        self.inputs_channels_last.append(x.is_contiguous(memory_format=torch.channels_last))
+        return self.conv(x).mean(dim=(2, 3))
+
+
+def test_a_channels_last_model_is_fed_channels_last_images_and_gives_its_nchw_features():
+    model, images = Spatial(), random_images(4)
+    nchw = extract_features(model, images)
+    assert model.inputs_channels_last == [False, False]
+    channels_last = extract_features(model.to(memory_format=torch.channels_last), images)
+    assert model.inputs_channels_last[2:] == [True, True]
+    torch.testing.assert_close(channels_last, nchw, atol=1e-5, rtol=1e-5)
+
+
 class AngleTable(nn.Module):
     """Stand-in model: each image is a uniform grey code k and its feature is (cos a_k, sin a_k)."""
 
