@@ -143,6 +143,7 @@ def study_lines(
     lines += [f"{h2} {study.metric} at each evaluation", "", *evaluation_table(study), ""]
     lines += [f"{h2} Gradient norm per block", "", *gradient_table(study), ""]
     lines += [f"{h2} Gradient norm across period boundaries", "", *boundary_gradient_table(study), ""]
+    lines += [f"{h2} Distance from the pre-trained weights", "", *drift_table(study), ""]
     if final:
         lines += [f"{h2} Test set (retrained on every training identity)", "", *final_table(final), ""]
     lines += [f"{h2} Plots", ""]
@@ -404,6 +405,39 @@ def gradient_table(study: Study) -> list[str]:
             ratio = row[column] / means.loc["finetune", column] if has_baseline else math.nan
             cells.append(f"{row[column]:.3g}" + ("" if math.isnan(ratio) else f" ({ratio:.2f}×)"))
         lines.append(f"| {schedule} | {' | '.join(cells)} |")
+    return lines
+
+
+def drift_table(study: Study) -> list[str]:
+    """Each block's relative distance from its pre-trained weights at the end of every period.
+
+    The paper's premise is that ordinary fine-tuning barely moves the low blocks; a rollback keeps
+    them training while the high blocks restart from their pre-trained weights.
+    """
+    curves = best_curves(study)
+    columns = [c for c in curves.columns if c.startswith("drift_")]
+    if curves.empty or not columns or "period" not in curves:
+        return ["No distances from the pre-trained weights reported yet (runs before this metric existed)."]
+    ends = curves.sort_values("epoch").groupby(["schedule", "trial_id", "period"], sort=False).tail(1)
+    stats = ends.groupby(["schedule", "epoch"])[columns].agg(["mean", "std", "count"])
+    order = [s for s in study.best_per_schedule()["schedule"] if s in set(ends["schedule"])]
+    blocks = [c.removeprefix("drift_") for c in columns]
+    lines = [
+        "‖θ − θ⁰‖ / ‖θ⁰‖ of each block's parameters against its pre-trained weights, in %, at the "
+        "last epoch of each period (mean ± sample std over the n seeds).",
+        "",
+        f"| schedule | epoch | n | {' | '.join(blocks)} |",
+        f"|---|---|---|{'---|' * len(blocks)}",
+    ]
+    for schedule in order:
+        for epoch in sorted(e for s, e in stats.index if s == schedule):
+            row = stats.loc[(schedule, epoch)]
+            n = int(row[(columns[0], "count")])
+            cells = " | ".join(
+                _pm(row[(c, "mean")], row[(c, "std")]) if n > 1 else _percent(row[(c, "mean")])
+                for c in columns
+            )
+            lines.append(f"| {schedule} | {epoch} | {n} | {cells} |")
     return lines
 
 

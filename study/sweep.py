@@ -7,25 +7,26 @@ The search-space file format is described in ``study/search_space.py``. Each tri
 (flat dotted keys plus ``train.seed``) is what W&B logs as its config.
 
 How the pieces fit:
-- Seeds: ``SeedRepeater`` (Ray's Repeater) asks Optuna for a configuration and runs it once per
-  seed; Optuna is told the mean over the seeds of the last reported metric, or FAIL when any seed
-  diverged or failed. optuna.db holds one trial per configuration.
-- Schedules: with several, configuration i has its schedule fixed to schedule i mod k (points Optuna
-  evaluates first), so every schedule gets its share; Optuna's TPE samples the other values.
+- The plan: ``StudySearcher`` asks Optuna for ``num_samples`` configurations and runs each once
+  per seed; configuration c compares schedule c mod k, so every schedule gets its share, and TPE
+  samples the other values. optuna.db holds one trial per configuration: the mean over its seeds
+  of the last reported metric, FAIL when any seed diverged or failed, PRUNED (with its per-period
+  means) when ASHA stopped a seed. A kill at any moment loses no planned configuration or seed.
 - Early stopping: ASHA measures time in completed periods (``periods_done``, +1 on the last epoch
   of each period), so its rungs fall on period ends, never in the dip right after a rollback.
 - Every epoch is reported and carries the metric: epochs without validation repeat the last
   validated value (0 before the first), ``validated`` says which epochs computed it.
 - A trial whose loss becomes NaN/inf reports a last result flagged ``diverged`` (metric 0, for Tune and
   ASHA only) and ends; the study goes on and Optuna records its configuration as FAIL.
+- A trial that fails (its node lost) restarts from its last checkpoint, up to TRIAL_RETRIES times.
 - Each trial keeps only its newest checkpoint; Tune holds a copy for ``--resume``. A resumed trial
   continues from the newest checkpoint in its run folder and first reports again the epochs that a
   kill left out of Tune's last snapshot, so neither ASHA nor the tables miss an epoch.
 
 Results in DIR (default ``runs/<search-space name>``): ``study.yaml`` (the resolved search space),
-``tune/`` (Ray's experiment, for ``--resume``), ``trials/<trial id>/`` (each trial's run folder),
-``wandb/``, ``optuna.db`` (one Optuna trial per configuration, the mean over its seeds),
-``results.csv`` (one row per trial) and ``epochs.csv`` (one row per trial and epoch).
+``.lock`` (held while a sweep runs there), ``tune/`` (Ray's experiment, for ``--resume``),
+``trials/<trial id>/`` (each trial's run folder), ``wandb/``, ``optuna.db`` (one Optuna trial per
+configuration), ``results.csv`` (one row per trial) and ``epochs.csv`` (one row per trial and epoch).
 """
 
 from __future__ import annotations
@@ -33,14 +34,19 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import fcntl
 import importlib.util
 import logging
 import math
 import netrc
 import os
+import pickle
+import queue
 import shutil
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,17 +67,18 @@ from study.search_space import (
 )
 
 try:  # the "sweep" extra; checking a search space works without it
-    from ray.air.integrations.wandb import WandbLoggerCallback, _WandbLoggingActor
     from ray.tune import Callback
-    from ray.tune.search import Repeater
+    from ray.tune.search import Searcher
 except ImportError:
-    Callback = WandbLoggerCallback = _WandbLoggingActor = Repeater = object
+    Callback = Searcher = object
 
-TRIAL_INDEX = "__trial_index__"  # set by ray.tune.search.Repeater: which seed of a configuration
+CONFIGURATION_KEY = "__configuration__"  # in a Tune trial's config: the configuration it is a seed of
 EXPERIMENT = "tune"  # Ray's experiment folder inside the study folder
 # ASHA stops any trial at max_t periods: set far beyond any plan, so trials end with their own plan.
 ASHA_MAX_PERIODS = 1000
 WRITE_EVERY_S = 10.0
+LOCK = ".lock"  # held by the sweep running in a study folder
+TRIAL_RETRIES = 2  # restarts of a failed trial (a lost node, a killed worker) before it counts as an error
 
 
 # ----------------------------------------------------------------------------- Optuna's view
@@ -80,8 +87,8 @@ WRITE_EVERY_S = 10.0
 class Suggest:
     """Optuna define-by-run space: the schedule, then only the parameters that schedule has.
 
-    Values Optuna suggests are captured by OptunaSearch; fixed values are returned. A class,
-    not a closure, because Ray pickles the searcher for ``--resume``.
+    Values Optuna suggests are recorded in its trial; fixed values are returned. A class, not a
+    closure, because Ray pickles the searcher for ``--resume``.
     """
 
     def __init__(self, space: SearchSpace):
@@ -89,68 +96,210 @@ class Suggest:
 
     def __call__(self, trial: Any) -> dict[str, Any]:
         schedules = self.space.schedules
-        fixed: dict[str, Any] = {}
         if len(schedules) > 1:
             schedule = trial.suggest_categorical(SCHEDULE_KEY, list(schedules))
         else:
-            schedule = fixed[SCHEDULE_KEY] = schedules[0]
+            schedule = schedules[0]
         for param in self.space.params_for(schedule):
-            if param.fixed:
-                fixed[param.key] = param.args[0]
-            else:
+            if not param.fixed:
                 param.suggest(trial)
-        return fixed
+        return self.fixed(schedule)
+
+    def fixed(self, schedule: str) -> dict[str, Any]:
+        """The fixed values of a schedule's configuration (and the schedule, when only one is compared)."""
+        fixed = {SCHEDULE_KEY: schedule} if len(self.space.schedules) == 1 else {}
+        return fixed | {p.key: p.args[0] for p in self.space.params_for(schedule) if p.fixed}
 
 
-def balanced_schedules(space: SearchSpace) -> list[dict[str, Any]]:
-    """Points Optuna evaluates first: configuration i gets schedule i mod k, so each gets its share."""
-    if len(space.schedules) == 1:
-        return []
-    k = len(space.schedules)
-    return [{SCHEDULE_KEY: space.schedules[i % k]} for i in range(space.tune.num_samples)]
+def schedule_of(space: SearchSpace, configuration: int) -> str:
+    """Configuration c compares schedule c mod k, so that every schedule gets its share."""
+    return space.schedules[configuration % len(space.schedules)]
 
 
-class SeedRepeater(Repeater):
-    """Ray's Repeater (each configuration once per seed) that tells Optuna FAIL for a failed configuration.
+@dataclass
+class SeedOutcome:
+    """How one seed of a configuration ended, as Optuna is to learn it."""
 
-    A configuration is FAIL in Optuna when any of its seeds diverged or ended in an error: the metric
-    a diverged trial reports is a placeholder TPE must not learn from, and a setting that diverges for
-    one seed in n is not one to recommend. Otherwise Optuna gets the mean over the seeds of their last
-    reported metric (a seed stopped by ASHA counts with its last value); a configuration none of whose
-    seeds reported the metric is PRUNED.
+    value: float | None  # the last reported metric; None when there is none
+    failed: bool = False  # diverged, or ended in an error
+    stopped: bool = False  # stopped early (ASHA) before its planned epochs
 
-    >>> SeedRepeater(OptunaSearch(space=Suggest(space), ...), repeat=len(space.seeds))  # make_searcher
+
+class StudySearcher(Searcher):
+    """Ray Tune searcher: the study's planned configurations, each once per seed, sampled by Optuna.
+
+    Configuration c (0 .. num_samples - 1) is the Optuna trial with user attribute ``configuration``
+    = c; its schedule is fixed to schedule c mod k and TPE samples the rest; Tune runs it once per
+    seed. Optuna learns, once every seed has ended: FAIL when any seed diverged or failed (the metric
+    of a diverged trial is a placeholder TPE must not learn from, and a setting that diverges for one
+    seed in n is not one to recommend); PRUNED, with the mean over seeds at every completed period as
+    its intermediate values, when a seed was stopped early by ASHA or none reported the metric; else
+    the mean over the seeds of their last reported metric.
+
+    optuna.db is written at once, Tune's snapshot (with this searcher's state) every few seconds: a
+    kill in between leaves Optuna trials the snapshot never saw. A resumed study adopts them for the
+    configurations they were asked for (instead of asking new ones) and never tells a trial twice,
+    so it runs exactly the planned configurations and seeds.
+
+    >>> StudySearcher(space, "sqlite:///runs/demo/optuna.db")  # what make_searcher builds
     """
 
-    def __init__(self, searcher: Any, repeat: int):
-        super().__init__(searcher, repeat=repeat, set_index=True)
-        self.failed: set[str] = set()  # primary trial ids of configurations with a failed seed
+    def __init__(self, space: SearchSpace, storage: str):
+        super().__init__(metric=space.tune.metric, mode=space.tune.mode)
+        self.space = space
+        self.storage = storage
+        self.suggest_space = Suggest(space)
+        self._study: Any = None
+        self.next_configuration = 0
+        self.queue: list[tuple[int, int]] = []  # (configuration, seed index) not yet given to a trial
+        self.configs: dict[int, dict[str, Any]] = {}  # configuration -> its sampled and fixed values
+        self.optuna_numbers: dict[int, int] = {}  # configuration -> Optuna trial number
+        self.trials: dict[str, tuple[int, int]] = {}  # Tune trial id -> (configuration, seed index)
+        self.periods: dict[int, dict[int, dict[int, float]]] = {}  # configuration -> seed -> period -> metric
+        self.outcomes: dict[int, dict[int, SeedOutcome]] = {}
+
+    @property
+    def study(self) -> Any:
+        import optuna
+
+        if self._study is None:
+            optuna.logging.set_verbosity(optuna.logging.WARNING)
+            settings = self.space.tune
+            self._study = optuna.create_study(
+                storage=optuna.storages.RDBStorage(self.storage),
+                study_name=self.space.name,
+                direction="maximize" if settings.mode == "max" else "minimize",
+                sampler=optuna.samplers.TPESampler(
+                    seed=settings.seed, n_startup_trials=settings.startup_trials
+                ),
+                load_if_exists=True,
+            )
+        return self._study
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        if not self.queue:
+            if self.next_configuration >= self.space.tune.num_samples:
+                return Searcher.FINISHED
+            self._ask(self.next_configuration)
+            self.queue = [(self.next_configuration, s) for s in range(len(self.space.seeds))]
+            self.next_configuration += 1
+        configuration, seed = self.queue.pop(0)
+        self.trials[trial_id] = (configuration, seed)
+        return {
+            **self.configs[configuration],
+            SEED_KEY: self.space.seeds[seed],
+            CONFIGURATION_KEY: configuration,
+        }
+
+    def _ask(self, configuration: int) -> None:
+        """Ask Optuna for configuration c, or adopt the trial a killed run asked for it."""
+        import optuna
+
+        left = [
+            t
+            for t in self.study.get_trials(deepcopy=False)
+            if t.user_attrs.get("configuration") == configuration
+        ]
+        if left and left[0].state.is_finished():
+            schedule = left[0].params.get(SCHEDULE_KEY, self.space.schedules[0])
+            values = {**left[0].params, **self.suggest_space.fixed(schedule)}
+            number = left[0].number
+        else:
+            if not left:  # a new one: enqueued with its schedule, then popped by ask()
+                point = (
+                    {SCHEDULE_KEY: schedule_of(self.space, configuration)}
+                    if len(self.space.schedules) > 1
+                    else {}
+                )
+                self.study.enqueue_trial(point, user_attrs={"configuration": configuration})
+            if left and left[0].state == optuna.trial.TrialState.RUNNING:
+                trial = optuna.trial.Trial(self.study, left[0]._trial_id)  # suggests return what it holds
+            else:
+                trial = self.study.ask()
+            fixed = self.suggest_space(trial)
+            values, number = {**trial.params, **fixed}, trial.number
+        self.configs[configuration] = values
+        self.optuna_numbers[configuration] = number
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        configuration, seed = self._locate(trial_id, result)
+        done = result.get("periods_done", 0)
+        if result.get("validated") and done > 0 and self.metric in result:
+            # The first validated epoch of each completed-period count is that period's end.
+            self.periods.setdefault(configuration, {}).setdefault(seed, {}).setdefault(
+                done, result[self.metric]
+            )
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        group = self._trial_id_to_group[trial_id]
-        metric = self.searcher.metric
         result = result or {}
+        configuration, seed = self._locate(trial_id, result)
         failed = error or bool(result.get("diverged"))
-        if failed:
-            self.failed.add(group.primary_trial_id)
-        value = None if failed else result.get(metric)
-        group.report(trial_id, math.nan if value is None else value)  # nan: no value from this seed
-        if not group.finished_reporting():
+        value = None if failed else result.get(self.metric)
+        planned = result.get("epochs_planned")
+        stopped = value is not None and planned is not None and result.get("epoch", planned) < planned
+        self.outcomes.setdefault(configuration, {})[seed] = SeedOutcome(value, failed, stopped)
+        if len(self.outcomes[configuration]) == len(self.space.seeds):
+            self._tell(configuration)
+
+    def _tell(self, configuration: int) -> None:
+        import optuna
+
+        number = self.optuna_numbers[configuration]
+        outcomes = list(self.outcomes[configuration].values())
+        frozen = self.study.get_trials(deepcopy=False)[number]
+        if frozen.state.is_finished():  # told before a kill that Tune's snapshot did not see
             return
-        scores = [s for s in group.scores() if not math.isnan(s)]
-        if group.primary_trial_id in self.failed:
-            self.searcher.on_trial_complete(group.primary_trial_id, error=True)
-        elif not scores:
-            self.searcher.on_trial_complete(group.primary_trial_id)
-        else:
-            self.searcher.on_trial_complete(group.primary_trial_id, {metric: sum(scores) / len(scores)})
+        if any(o.failed for o in outcomes):
+            self.study.tell(number, state=optuna.trial.TrialState.FAIL)
+            return
+        values = [o.value for o in outcomes if o.value is not None]
+        if values and not any(o.stopped for o in outcomes):
+            self.study.tell(number, sum(values) / len(values))
+            return
+        trial = optuna.trial.Trial(self.study, frozen._trial_id)
+        by_period: dict[int, list[float]] = {}
+        for periods in self.periods.get(configuration, {}).values():
+            for period, metric in periods.items():
+                by_period.setdefault(period, []).append(metric)
+        for period, metrics in sorted(by_period.items()):
+            if period not in frozen.intermediate_values:
+                trial.report(sum(metrics) / len(metrics), period)
+        self.study.tell(number, state=optuna.trial.TrialState.PRUNED)
+
+    def _locate(self, trial_id: str, result: dict) -> tuple[int, int]:
+        """The (configuration, seed index) of a trial; from its config when Tune's snapshot is newer."""
+        if trial_id not in self.trials:
+            config = result.get("config", {})
+            located = (config[CONFIGURATION_KEY], self.space.seeds.index(config[SEED_KEY]))
+            self.trials[trial_id] = located
+            if located in self.queue:
+                self.queue.remove(located)
+        return self.trials[trial_id]
+
+    STATE = ("next_configuration", "queue", "configs", "optuna_numbers", "trials", "periods", "outcomes")
+
+    def get_state(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.STATE}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        for name in self.STATE:
+            setattr(self, name, state[name])
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as file:
+            pickle.dump(self.get_state(), file)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as file:
+            self.set_state(pickle.load(file))
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_study": None}  # the Optuna study is reopened from optuna.db
 
 
-def trial_params(config: dict[str, Any], seeds: tuple[int, ...]) -> dict[str, Any]:
-    """A Tune trial's config as logged to W&B: the sampled keys plus ``train.seed`` for its repeat index."""
-    sampled = {k: v for k, v in config.items() if k != TRIAL_INDEX}
-    sampled[SEED_KEY] = seeds[config.get(TRIAL_INDEX, 0)]
-    return sampled
+def trial_params(config: dict[str, Any]) -> dict[str, Any]:
+    """A Tune trial's config as logged to W&B: the sampled and fixed keys and ``train.seed``."""
+    return {k: v for k, v in config.items() if k != CONFIGURATION_KEY}
 
 
 # ----------------------------------------------------------------------------- one trial
@@ -174,7 +323,7 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     # Ray logs a line per checkpoint; with a checkpoint every period that drowns the progress table.
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     trial_id = tune.get_context().get_trial_id()
-    sampled = trial_params(config, context.space.seeds)
+    sampled = trial_params(config)
     run_config = context.space.run_config(sampled)
     run_dir = Path(context.out) / "trials" / trial_id
     tune_epoch = restore_from_tune(tune.get_checkpoint(), run_dir)
@@ -373,6 +522,14 @@ def wandb_mode(configured: str) -> str:
     return "online" if wandb_key_configured() else "offline"
 
 
+def wandb_notice(configured: str, mode: str, out: Path) -> str | None:
+    """What the console says when ``wandb.mode: auto`` chose offline, and why; None otherwise."""
+    if configured != "auto" or mode != "offline":
+        return None
+    why = "WANDB_MODE=offline" if os.environ.get("WANDB_MODE") else "no API key configured"
+    return f"W&B: {why}; logging offline to {out}/wandb (upload later with `wandb sync`)"
+
+
 def wandb_key_configured() -> bool:
     """Whether WANDB_API_KEY is set or ``wandb login`` stored a key in the netrc file (never read out)."""
     if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
@@ -385,65 +542,110 @@ def wandb_key_configured() -> bool:
         return False
 
 
-class _WandbActor(_WandbLoggingActor):
-    def run(self) -> None:
-        super().run()
-        # Stop W&B's service before Ray ends this actor; otherwise its atexit hook prints a traceback.
-        self._wandb.teardown()
+class StudyWandb(Callback):
+    """W&B logging from the driver: one run per trial, grouped by study, tagged with its schedule.
 
-
-class StudyWandb(WandbLoggerCallback):
-    """Ray's W&B logger: one run per trial, grouped by study, tagged with its schedule.
-
-    The run's config is the trial's sampled dict (flat dotted keys and ``train.seed``); every
-    reported epoch is logged. Runs are logged from the driver machine, in DIR/wandb.
+    The run's config is the trial's sampled dict (flat dotted keys and ``train.seed``); every reported
+    epoch is logged. Each run has a thread of its own, so Tune's loop never waits on W&B, and the API
+    key stays in this process's environment (Ray's own W&B logger hands it to an actor through a
+    runtime environment, which Ray writes to its logs). Runs are in DIR/wandb.
     """
 
-    _logger_actor_cls = _WandbActor
-
     def __init__(self, space: SearchSpace, out: Path, mode: str):
-        settings = config_from_dict(space.base).wandb
-        quiet = {"console": "off", "silent": True, "x_disable_machine_info": True}
-        super().__init__(
-            project=settings.project,
-            group=space.name,
-            excludes=["config"],
-            entity=settings.entity,
-            dir=str(out),
-            mode=mode,
-            job_type="trial",
-            settings=quiet,
-        )
         self.space = space
-        self.tags = list(settings.tags)
+        self.out = out
+        self.mode = mode
+        self.settings = config_from_dict(space.base).wandb
+        self.runs: dict[str, WandbRun] = {}
 
-    def log_trial_start(self, trial: Any) -> None:
-        sampled = trial_params(trial.config, self.space.seeds)
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if trial.trial_id in self.runs:
+            return
+        sampled = trial_params(trial.config)
         schedule = sampled.get(SCHEDULE_KEY, self.space.schedules[0])
-        self._start_logging_actor(
-            trial,
-            [*self._exclude_results, *self.excludes],
+        self.runs[trial.trial_id] = WandbRun(
+            project=self.settings.project,
+            entity=self.settings.entity,
+            group=self.space.name,
+            job_type="trial",
             id=trial.trial_id,
             name=f"{schedule}-{trial.trial_id}",
-            project=self.project,
-            group=self.group,
-            resume="allow",
-            allow_val_change=True,
+            tags=[schedule, *self.settings.tags],
             config=sampled,
-            tags=[schedule, *self.tags],
-            **self.kwargs,
+            dir=str(self.out),
+            mode=self.mode,
+            resume="allow",
+            settings={"console": "off", "silent": True, "x_disable_machine_info": True},
         )
 
-    def on_experiment_end(self, trials: list, **info: Any) -> None:
-        # An interrupted sweep stops its running trials without ending their W&B runs: end them here,
-        # or Ray waits upload_timeout (30 min) for runs that never finish.
-        for trial in list(self._trial_queues):
-            self._signal_logging_actor_stop(trial)
-        super().on_experiment_end(trials, **info)
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        run = self.runs.get(trial.trial_id)
+        if run is not None:
+            run.log({k: v for k, v in result.items() if k not in WANDB_SKIPPED and _is_loggable(v)})
 
-    def log_trial_result(self, iteration: int, trial: Any, result: dict) -> None:
-        # Ray merges result["config"] into the W&B config; keep it the sampled dict set at the start.
-        super().log_trial_result(iteration, trial, {k: v for k, v in result.items() if k != "config"})
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._finish(trial.trial_id)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._finish(trial.trial_id)
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        # An interrupted sweep stops its running trials without completing them: end their runs too.
+        for trial_id in list(self.runs):
+            self._finish(trial_id)
+
+    def _finish(self, trial_id: str) -> None:
+        run = self.runs.pop(trial_id, None)
+        if run is not None:
+            run.finish()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "runs": {}}  # saved with Tune's snapshot: open runs are not state
+
+
+# Tune's bookkeeping, not the trial's measurements.
+WANDB_SKIPPED = {
+    "config",
+    "trial_id",
+    "experiment_tag",
+    "done",
+    "should_checkpoint",
+    "node_ip",
+    "pid",
+    "hostname",
+}
+
+
+def _is_loggable(value: Any) -> bool:
+    return isinstance(value, int | float | str | bool) and not (
+        isinstance(value, float) and math.isnan(value)
+    )
+
+
+class WandbRun:
+    """One W&B run fed from a queue by a thread of its own: init, every logged dict, finish."""
+
+    def __init__(self, **init: Any):
+        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._run, args=(init,), daemon=True)
+        self.thread.start()
+
+    def log(self, data: dict[str, Any]) -> None:
+        self.queue.put(data)
+
+    def finish(self) -> None:
+        self.queue.put(None)
+        self.thread.join()
+
+    def _run(self, init: dict[str, Any]) -> None:
+        import wandb
+
+        run = wandb.init(reinit="create_new", **init)
+        try:
+            while (data := self.queue.get()) is not None:
+                run.log(data)
+        finally:
+            run.finish()
 
 
 # ----------------------------------------------------------------------------- results.csv, epochs.csv
@@ -537,7 +739,7 @@ def write_tables(
     keys = [k for k in space.searched_keys() if k != SCHEDULE_KEY]
     results, all_epochs = [], []
     for trial_id, config in configs.items():
-        sampled = trial_params(config, space.seeds)
+        sampled = trial_params(config)
         schedule = sampled.get(SCHEDULE_KEY, space.schedules[0])
         rows = [epochs.get(trial_id, {})[e] for e in sorted(epochs.get(trial_id, {}))]
         who = {"trial_id": trial_id, "schedule": schedule, "seed": sampled[SEED_KEY]}
@@ -546,6 +748,7 @@ def write_tables(
         results.append(
             {
                 "trial_id": trial_id,
+                "configuration": config.get(CONFIGURATION_KEY),
                 "schedule": schedule,
                 **{key: sampled.get(key) for key in keys},
                 "seed": sampled[SEED_KEY],
@@ -622,7 +825,7 @@ def check_study_dir(out: Path, space: SearchSpace, resume: bool) -> bool:
         return (out / EXPERIMENT / "tuner.pkl").exists()
     if resume:
         raise UserError(f"{out} holds no study to resume; run without --resume to start one")
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and any(p.name != LOCK for p in out.iterdir()):
         raise UserError(f"{out} is not empty and holds no study; choose another --out")
     return False
 
@@ -679,10 +882,11 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out or Path("runs") / space.name).resolve()
     restore = check_study_dir(out, space, args.resume)
     check_data(base)
-    if mode == "offline" and base.wandb.mode == "auto":
-        print(f"W&B: no API key configured; logging offline to {out}/wandb (upload later with `wandb sync`)")
-    print(describe(space))
-    statuses = run_study(space, out, args.address, restore, mode)
+    if notice := wandb_notice(base.wandb.mode, mode, out):
+        print(notice)
+    with study_lock(out):
+        print(describe(space))
+        statuses = run_study(space, out, args.address, restore, mode)
     print(summary_line(statuses))
     print(f"wrote {out}/results.csv and {out}/epochs.csv; next: python -m study.report {out}")
     if "interrupted" in statuses or len(statuses) < space.num_trials:
@@ -691,6 +895,30 @@ def main(argv: list[str] | None = None) -> None:
     if "error" in statuses:  # a bug or a lost machine, not a bad configuration: diverged trials are results
         print(f"{statuses.count('error')} trial(s) failed; their errors are in {out}/tune/*/error.txt")
         raise SystemExit(1)
+
+
+@contextlib.contextmanager
+def study_lock(out: Path) -> Iterator[None]:
+    """Hold DIR/.lock while the study runs: a second sweep on the folder is refused with one line.
+
+    The kernel releases the lock when this process ends, however it ends, so a killed sweep leaves
+    nothing stuck; the file only names the last holder.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / LOCK).open("a+") as file:
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            file.seek(0)
+            holder = file.read().strip() or "?"
+            raise UserError(
+                f"{out} is in use by another python -m study.sweep (process {holder}); "
+                "wait for it to end, or choose another --out"
+            ) from None
+        file.truncate(0)
+        file.write(f"{os.getpid()}\n")
+        file.flush()
+        yield
 
 
 def run_study(space: SearchSpace, out: Path, address: str | None, restore: bool, mode: str) -> list[str]:
@@ -703,7 +931,6 @@ def run_study(space: SearchSpace, out: Path, address: str | None, restore: bool,
         init_ray(address, scratch)
     try:
         check_resources(space.tune, [node["Resources"] for node in ray.nodes() if node["Alive"]])
-        os.environ["WANDB_MODE"] = mode  # Ray's W&B callback asks for an API key unless this says offline
         tuner = make_tuner(space, out, mode, restore)
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the CLIReporter table instead of Ray's new output
         # Keeping one checkpoint per trial snapshots the experiment at every period end; that is intended.
@@ -758,7 +985,7 @@ def init_ray(address: str | None, scratch: Path) -> None:
 
 
 def make_tuner(space: SearchSpace, out: Path, mode: str, restore: bool) -> Any:
-    """A new Tuner (OptunaSearch in a SeedRepeater over the seeds, ASHA on periods), or the restored one."""
+    """A new Tuner (StudySearcher, ASHA on periods, W&B and the tables), or the restored one."""
     from ray import tune
 
     context = TrialContext(space, str(out))
@@ -787,6 +1014,8 @@ def make_tuner(space: SearchSpace, out: Path, mode: str, restore: bool) -> Any:
             callbacks=make_callbacks(space, out, mode),
             progress_reporter=make_reporter(space),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            # A trial whose node is lost (or that fails) restarts from its last checkpoint.
+            failure_config=tune.FailureConfig(max_failures=TRIAL_RETRIES),
             verbose=1,
         ),
     )
@@ -800,23 +1029,9 @@ def make_callbacks(space: SearchSpace, out: Path, mode: str) -> list:
     return callbacks
 
 
-def make_searcher(space: SearchSpace, out: Path) -> Any:
-    """OptunaSearch (TPE, study in DIR/optuna.db) in a SeedRepeater that runs each configuration per seed."""
-    import optuna
-    from ray.tune.search.optuna import OptunaSearch
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    settings = space.tune
-    searcher = OptunaSearch(
-        space=Suggest(space),
-        metric=settings.metric,
-        mode=settings.mode,
-        points_to_evaluate=balanced_schedules(space) or None,
-        sampler=optuna.samplers.TPESampler(seed=settings.seed, n_startup_trials=settings.startup_trials),
-        study_name=space.name,
-        storage=optuna.storages.RDBStorage(f"sqlite:///{out / 'optuna.db'}"),
-    )
-    return SeedRepeater(searcher, repeat=len(space.seeds))
+def make_searcher(space: SearchSpace, out: Path) -> StudySearcher:
+    """Optuna TPE (its study in DIR/optuna.db) over the planned configurations, each once per seed."""
+    return StudySearcher(space, f"sqlite:///{out / 'optuna.db'}")
 
 
 def make_scheduler(space: SearchSpace) -> Any:
@@ -843,7 +1058,7 @@ def make_reporter(space: SearchSpace) -> Any:
         for key in space.tuned_keys()
     }
     if len(space.seeds) > 1:
-        parameters[TRIAL_INDEX] = "seed#"
+        parameters[SEED_KEY] = "seed"
     metric = space.tune.metric
     return CLIReporter(
         parameter_columns=parameters,

@@ -330,3 +330,21 @@ def test_final_retrains_nothing_in_a_study_already_on_the_test_protocol(tmp_path
     assert not (tmp_path / "final").exists()
     text = (tmp_path / "report.md").read_text()
     assert "| incremental_rollback | 45.00 ± 5.00 |" in text and "--final" not in text
+
+
+def test_drift_table_gives_each_blocks_distance_from_pretrained_at_every_period_end(tmp_path, synthetic_dir):
+    write_study(tmp_path, synthetic_dir)
+    study = report.load_study(tmp_path)
+    assert report.drift_table(study)[0].startswith("No distances from the pre-trained weights")
+    drift = {"ft0": 0.02, "ft1": 0.04, "ir0": 0.10, "ir1": 0.30}  # by trial, times the epoch below
+    for block in ("B1", "B2", "B3", "B4", "B5"):
+        study.epochs[f"drift_{block}"] = study.epochs["trial_id"].map(drift) * study.epochs["epoch"]
+    lines = report.drift_table(study)
+    assert lines[2] == "| schedule | epoch | n | B1 | B2 | B3 | B4 | B5 |"
+    # finetune's one period ends at epoch 2 (4 % and 8 %); the rollback's 1-epoch periods at 1 and 2,
+    # where ir1 (stopped after epoch 1) has no second period.
+    assert lines[4:] == [
+        "| incremental_rollback | 1 | 2 |" + " 20.00 ± 14.14 |" * 5,
+        "| incremental_rollback | 2 | 1 |" + " 20.00 |" * 5,  # one seed: no spread to give
+        "| finetune | 2 | 2 |" + " 6.00 ± 2.83 |" * 5,
+    ]

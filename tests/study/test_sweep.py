@@ -188,7 +188,7 @@ def test_variants_are_compared_under_their_labels_with_their_own_parameters():
     assert keep_b5.schedule["period_epochs"] == 3 and keep_b5.schedule["retained"] == [[], ["B5"]]
     assert [p.key for p in space.params_for("keep_B5")][-1] == "schedule.gamma"
     assert "schedule.retained_lr" in [p.key for p in space.params_for("keep_B3")]
-    assert [point["schedule.name"] for point in sweep.balanced_schedules(space)] == list(space.schedules)
+    assert [sweep.schedule_of(space, c) for c in range(3)] == list(space.schedules)
 
 
 def test_optuna_define_by_run_samples_only_the_schedules_parameters():
@@ -197,8 +197,8 @@ def test_optuna_define_by_run_samples_only_the_schedules_parameters():
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     space = search_space.parse_search_space(copy.deepcopy(VALID), "ok")
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-    for point in sweep.balanced_schedules(space):
-        study.enqueue_trial(point)
+    for configuration in range(space.tune.num_samples):
+        study.enqueue_trial({"schedule.name": sweep.schedule_of(space, configuration)})
     suggest = sweep.Suggest(space)
     seen = []
     for _ in range(4):
@@ -243,6 +243,19 @@ def test_shipped_search_spaces_load(monkeypatch):
     assert set(schedules.schedules) == set(registered())
     budgets = sweep.describe(schedules).split("epochs per trial: ")[1].split(", ")
     assert budgets == [f"{name} 40" for name in schedules.schedules]  # the same epoch budget each
+    converged = search_space.load_search_space(folder / "cuhk03_converged.yaml")
+    budgets = sweep.describe(converged).split("epochs per trial: ")[1].split(", ")
+    assert budgets == [f"{name} 120" for name in ("finetune", "incremental_rollback", "base_cy", "fc_warmup")]
+    from study.config import load_config
+
+    pilot = load_config(folder / "cuhk03_pilot.yaml")  # a run config: the rollback's first period alone
+    assert pilot.schedule == {
+        "name": "finetune",
+        "epochs": 40,
+        "decay_every": "half",
+        "lr": 0.01,
+        "head_lr": 0.1,
+    }
 
 
 def test_missing_data_set_is_one_line_error(tmp_path):

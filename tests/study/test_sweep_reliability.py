@@ -14,6 +14,7 @@ import csv
 import io
 import json
 import os
+import pickle
 import shutil
 import signal
 import subprocess
@@ -272,6 +273,122 @@ def test_kill_9_then_resume_keeps_finished_trials_and_continues_the_others(tmp_p
     assert trial.value == pytest.approx(sum(float(r["final_val_mAP"]) for r in results) / 2)
 
 
+# Three configurations (finetune, base_cy, finetune), one seed, one trial at a time.
+PLANNED_STUDY = """
+schedule: {name: finetune, epochs: 1}
+wandb: {mode: disabled}
+search:
+  schedules: [finetune, base_cy]
+  seeds: [0]
+  params:
+    schedule.lr: {loguniform: [5.0e-3, 2.0e-2]}
+  when:
+    base_cy: {schedule.periods: 1, schedule.period_epochs: 1}
+tune:
+  num_samples: 3
+  max_concurrent: 1
+  resources: {cpu: 1, gpu: 0}
+"""
+
+# The sweep, killed (SIGKILL, by itself) the moment Optuna has stored its second configuration.
+KILLED_AFTER_ASK = """
+import os, signal, sys
+import optuna
+real_ask, asked = optuna.Study.ask, []
+def ask(self, *args, **kwargs):
+    trial = real_ask(self, *args, **kwargs)
+    asked.append(trial.number)
+    if len(asked) == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return trial
+optuna.Study.ask = ask
+from study.sweep import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_kill_after_optuna_stored_a_configuration_loses_no_planned_schedule(tmp_path, synthetic_dir):
+    space = tmp_path / "planned.yaml"
+    space.write_text(BASE.format(synthetic_dir=synthetic_dir) + PLANNED_STUDY)
+    out = tmp_path / "study"
+    with child_sweeps(tmp_path) as sweeps:
+        command = [sys.executable, "-c", KILLED_AFTER_ASK, str(space), "--out", str(out)]
+        killed = subprocess.Popen(
+            command, cwd=tmp_path, env=sweeps.env, start_new_session=True, stdout=subprocess.DEVNULL
+        )
+        sweeps.sessions.add(killed.pid)
+        assert killed.wait(timeout=240) == -signal.SIGKILL
+        sweeps.kill_all()
+        assert [t.state.name for t in optuna_trials(out, "planned")] == ["COMPLETE", "RUNNING"]
+
+        resumed = sweeps.run(space, out, "--resume")
+        assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    results = read_table(out / "results.csv")
+    assert sorted(r["schedule"] for r in results) == ["base_cy", "finetune", "finetune"]
+    assert all(r["status"] == "finished" for r in results)
+    trials = optuna_trials(out, "planned")
+    assert [(t.user_attrs["configuration"], t.params["schedule.name"], t.state.name) for t in trials] == [
+        (0, "finetune", "COMPLETE"),
+        (1, "base_cy", "COMPLETE"),
+        (2, "finetune", "COMPLETE"),
+    ]
+    assert "3 trials: 3 finished" in resumed.stdout
+
+
+# ----------------------------------------------------------------------------- a lost Ray node
+
+LOST_NODE_STUDY = """
+schedule: {name: finetune, epochs: 4}
+wandb: {mode: disabled}
+search:
+  seeds: [0, 1]
+tune:
+  num_samples: 1
+  max_concurrent: 2
+  resources: {cpu: 1, gpu: 0}
+"""
+
+
+def test_a_trial_on_a_lost_node_restarts_from_its_checkpoint_and_the_study_finishes(
+    tmp_path, synthetic_dir, monkeypatch
+):
+    """Two one-CPU nodes of a real Ray cluster on this machine, one trial on each; the second node's
+    processes are killed once both trials have a checkpoint. Its trial is restarted on the other node
+    from that checkpoint, and the sweep ends with every trial finished, with no --resume."""
+    from ray.cluster_utils import Cluster
+
+    space = tmp_path / "lost.yaml"
+    space.write_text(BASE.format(synthetic_dir=synthetic_dir) + LOST_NODE_STUDY)
+    out = tmp_path / "study"
+    with child_sweeps(tmp_path) as sweeps:
+        for name in ("RAY_AUTH_MODE", "RAY_TMPDIR"):
+            monkeypatch.setenv(name, sweeps.env[name])
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+        try:
+            second = cluster.add_node(num_cpus=1)
+            cluster.wait_for_nodes()
+            log = tmp_path / "sweep.log"
+            with log.open("w") as file:
+                process = sweeps.start(
+                    space, out, "--address", cluster.address, stdout=file, stderr=subprocess.STDOUT
+                )
+            while True:  # until both trials run with a checkpoint: one of them is on the second node
+                states = list(tune_snapshot(out).values())
+                if len(states) == 2 and all(s == "RUNNING" and c for s, c in states):
+                    break
+                assert process.poll() is None, f"the study ended before a node was lost: {log.read_text()}"
+                time.sleep(0.05)
+            cluster.remove_node(second, allow_graceful=False)
+            assert process.wait(timeout=300) == 0, log.read_text()[-4000:]
+        finally:
+            cluster.shutdown()
+    results = read_table(out / "results.csv")
+    assert [(r["status"], r["epochs"]) for r in results] == [("finished", "4"), ("finished", "4")]
+    assert "resuming after epoch" in log.read_text()
+    for row in results:
+        assert [int(r["epoch"]) for r in metric_rows(out / row["run_dir"])] == [1, 2, 3, 4]
+
+
 # ----------------------------------------------------------------------------- the W&B key, a divergence
 
 
@@ -284,22 +401,37 @@ def key_study(tmp_path_factory, synthetic_dir):
     out = tmp / "study"
     with child_sweeps(tmp) as sweeps:
         result = sweeps.run(space, out, WANDB_API_KEY=FAKE_KEY)
+        # Ray's session logs and W&B's folders too, before the private Ray folder is removed.
+        written = [p for folder in (Path(sweeps.ray_tmp), tmp) for p in folder.rglob("*") if p.is_file()]
+        holding = [str(p) for p in written if FAKE_KEY.encode() in p.read_bytes()]
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return out, space, result
+    return out, space, result, holding
 
 
 def test_the_wandb_key_is_never_printed_or_written(key_study):
-    out, _, result = key_study
+    """Not in the study folder, nor in Ray's session logs (runtime_env_agent.log held it 15 times)."""
+    out, _, result, holding = key_study
     assert len(list((out / "wandb").glob("offline-run-*"))) == 4  # W&B did log every trial
     assert FAKE_KEY not in result.stdout and FAKE_KEY not in result.stderr
-    files = [p for p in out.rglob("*") if p.is_file()]
-    assert len(files) > 20
-    holding = [str(p.relative_to(out)) for p in files if FAKE_KEY.encode() in p.read_bytes()]
+    assert len([p for p in out.rglob("*") if p.is_file()]) > 20
     assert holding == []
 
 
+def test_a_second_sweep_on_a_study_folder_in_use_is_refused(key_study, tmp_path):
+    """The lock is the kernel's (flock): held here as by a running sweep, released however it ends."""
+    out, space, _, _ = key_study
+    with child_sweeps(tmp_path) as sweeps, sweep.study_lock(out):
+        before = folder_state(out)
+        second = sweeps.run(space, out, "--resume")
+    assert second.returncode == 2 and second.stderr.count("\n") == 1, second.stderr
+    assert f"{out} is in use by another python -m study.sweep (process {os.getpid()})" in second.stderr
+    assert folder_state(out) == before
+    with sweep.study_lock(out):  # released when its holder let go
+        pass
+
+
 def test_diverged_trials_stop_at_once_and_the_study_goes_on(key_study):
-    out, _, _ = key_study
+    out, _, _, _ = key_study
     results = read_table(out / "results.csv")
     epochs = read_table(out / "epochs.csv")
     diverged = [r for r in results if r["schedule"] == "base_cy"]
@@ -316,7 +448,7 @@ def test_diverged_trials_stop_at_once_and_the_study_goes_on(key_study):
 
 
 def test_optuna_records_a_diverged_configuration_as_failed(key_study):
-    out, _, _ = key_study
+    out, _, _, _ = key_study
     results = read_table(out / "results.csv")
     trials = {t.params["schedule.name"]: t for t in optuna_trials(out, "keyed")}
     assert set(trials) == {"finetune", "base_cy"}
@@ -327,7 +459,7 @@ def test_optuna_records_a_diverged_configuration_as_failed(key_study):
 
 
 def test_a_folder_holding_another_study_is_refused_and_left_untouched(key_study, tmp_path):
-    out, space, _ = key_study
+    out, space, _, _ = key_study
     before = folder_state(out)
     other = tmp_path / "other.yaml"
     data = yaml.safe_load(space.read_text())
@@ -348,39 +480,92 @@ def test_a_folder_holding_another_study_is_refused_and_left_untouched(key_study,
 # ----------------------------------------------------------------------------- without Ray
 
 
-def test_seed_repeater_fails_a_configuration_when_any_seed_fails(tmp_path):
-    """Optuna sees FAIL for a diverged or errored seed, the mean otherwise, PRUNED with no value at all."""
+def seeds_space(tmp_path: Path, num_samples: int, schedules: list[str] | None = None):
     data = yaml.safe_load(BASE.format(synthetic_dir=tmp_path))
     data |= {
         "schedule": {"name": "finetune", "epochs": 2},
         "search": {"seeds": [0, 1], "params": {"schedule.lr": {"loguniform": [1.0e-3, 1.0e-1]}}},
-        "tune": {"num_samples": 5},
+        "tune": {"num_samples": num_samples},
     }
-    space = search_space.parse_search_space(data, "seeds")
-    repeater = sweep.make_searcher(space, tmp_path)
-    assert isinstance(repeater, sweep.SeedRepeater)
-    ok, diverged = {"val_mAP": 0.25}, {"val_mAP": 0.0, "diverged": True}
+    if schedules:
+        data["search"]["schedules"] = schedules
+    return search_space.parse_search_space(data, "seeds")
+
+
+def test_optuna_learns_fail_complete_or_pruned_once_every_seed_of_a_configuration_ended(tmp_path):
+    """FAIL for a diverged or errored seed; the mean when all finished; PRUNED (with the mean at every
+    completed period as intermediate values) when ASHA stopped a seed early or none reported a value."""
+    space = seeds_space(tmp_path, 6)
+    searcher = sweep.make_searcher(space, tmp_path)
+    ok, diverged = {"val_mAP": 0.25, "epoch": 2, "epochs_planned": 2}, {"val_mAP": 0.0, "diverged": True}
+    stopped = {"val_mAP": 0.5, "epoch": 1, "epochs_planned": 2}
     outcomes = {  # configuration -> how each of its two seeds ends
-        "both_fine": [{"result": ok}, {"result": {"val_mAP": 0.75}}],
+        "both_fine": [{"result": ok}, {"result": {**ok, "val_mAP": 0.75}}],
         "second_diverged": [{"result": ok}, {"result": diverged}],
         "first_diverged": [{"result": diverged}, {"result": ok}],
         "errored": [{"error": True}, {"result": ok}],
+        "asha_stopped": [{"result": stopped}, {"result": ok}],
         "no_value": [{}, {}],
     }
     for name, ends in outcomes.items():
         ids = [f"{name}-{seed}" for seed in range(2)]
-        configs = [repeater.suggest(trial_id) for trial_id in ids]
-        assert [c[sweep.TRIAL_INDEX] for c in configs] == [0, 1]
+        configs = [searcher.suggest(trial_id) for trial_id in ids]
+        assert [c["train.seed"] for c in configs] == [0, 1]
+        assert configs[0]["schedule.lr"] == configs[1]["schedule.lr"]  # one configuration, two seeds
+        if name == "asha_stopped":  # period 1 ends at epoch 1 for both seeds; only the second reaches 2
+            for trial_id, value in zip(ids, (0.5, 0.1), strict=True):
+                searcher.on_trial_result(trial_id, {"val_mAP": value, "validated": True, "periods_done": 1})
+            searcher.on_trial_result(ids[1], {"val_mAP": 0.25, "validated": True, "periods_done": 2})
         for trial_id, end in zip(ids, ends, strict=True):
-            repeater.on_trial_complete(trial_id, **end)
-    states = [(t.state.name, t.value) for t in optuna_trials(tmp_path, "seeds")]
-    assert states == [
+            searcher.on_trial_complete(trial_id, **end)
+    assert searcher.suggest("one-too-many") == sweep.Searcher.FINISHED
+    trials = optuna_trials(tmp_path, "seeds")
+    assert [(t.state.name, t.value) for t in trials] == [
         ("COMPLETE", 0.5),
         ("FAIL", None),
         ("FAIL", None),
         ("FAIL", None),
+        ("PRUNED", 0.25),  # Optuna gives a pruned trial its last intermediate value
         ("PRUNED", None),
     ]
+    assert trials[4].intermediate_values == {1: pytest.approx(0.3), 2: 0.25}
+    assert [t.user_attrs["configuration"] for t in trials] == list(range(6))
+
+
+def test_a_resumed_searcher_adopts_the_optuna_trials_its_snapshot_never_saw(tmp_path):
+    """Killed after Optuna stored a configuration but before Tune's snapshot: the resumed study runs
+    that configuration (same values, same Optuna trial) and not a new one, and tells nothing twice."""
+    space = seeds_space(tmp_path, 3, schedules=["finetune", "base_cy"])
+    searcher = sweep.make_searcher(space, tmp_path)
+    first = [searcher.suggest(f"a{i}") for i in range(2)]
+    for i in range(2):
+        searcher.on_trial_complete(f"a{i}", {"val_mAP": 0.5, "epoch": 2, "epochs_planned": 2})
+    snapshot = tmp_path / "searcher.pkl"
+    searcher.save(str(snapshot))  # Tune's last snapshot: configuration 0 done, 1 not asked yet
+    lost = searcher.suggest("b0")  # configuration 1 asked (Optuna holds it RUNNING), then a kill
+
+    resumed = pickle.loads(pickle.dumps(sweep.make_searcher(space, tmp_path)))  # as in tuner.pkl
+    resumed.restore(str(snapshot))
+    again = [resumed.suggest(f"c{i}") for i in range(2)]
+    assert {k: v for k, v in again[0].items() if k != "train.seed"} == {
+        k: v for k, v in lost.items() if k != "train.seed"
+    }
+    assert again[0]["schedule.name"] == "base_cy" and [c["train.seed"] for c in again] == [0, 1]
+    for i in range(2):
+        resumed.on_trial_complete(f"c{i}", {"val_mAP": 0.25, "epoch": 2, "epochs_planned": 2})
+    last = [resumed.suggest(f"d{i}") for i in range(2)]
+    assert last[0]["schedule.name"] == "finetune" and last[0]["__configuration__"] == 2
+    assert resumed.suggest("e") == sweep.Searcher.FINISHED
+    trials = optuna_trials(tmp_path, "seeds")
+    assert [(t.user_attrs["configuration"], t.state.name) for t in trials] == [
+        (0, "COMPLETE"),
+        (1, "COMPLETE"),
+        (2, "RUNNING"),
+    ]
+    assert first[0]["schedule.name"] == "finetune" and trials[1].value == 0.25
+    # Telling a configuration again (Tune repeats a completion its snapshot missed) changes nothing.
+    resumed.on_trial_complete("c1", {"val_mAP": 0.9, "epoch": 2, "epochs_planned": 2})
+    assert optuna_trials(tmp_path, "seeds")[1].value == 0.25
 
 
 class FakeTune:
@@ -447,6 +632,22 @@ def test_restore_from_tune_returns_the_epoch_it_restores(tmp_path):
     assert sweep.restore_from_tune(Checkpoint.from_directory(str(saved)), run_dir) == 2
     assert (run_dir / "checkpoints" / "epoch-0002-mid.pt").read_bytes() == b"w"
     assert (run_dir / "metrics.csv").read_text() == "m"
+
+
+def test_the_offline_notice_says_why_w_and_b_is_offline(monkeypatch, tmp_path):
+    monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    mode = sweep.wandb_mode("auto")
+    assert mode == "offline"
+    assert sweep.wandb_notice("auto", mode, tmp_path).startswith("W&B: WANDB_MODE=offline; logging offline")
+    monkeypatch.delenv("WANDB_MODE")
+    assert sweep.wandb_mode("auto") == "online" and sweep.wandb_notice("auto", "online", tmp_path) is None
+    monkeypatch.delenv("WANDB_API_KEY")
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    assert sweep.wandb_notice("auto", sweep.wandb_mode("auto"), tmp_path).startswith(
+        "W&B: no API key configured; logging offline"
+    )
+    assert sweep.wandb_notice("offline", "offline", tmp_path) is None  # asked for: nothing to explain
 
 
 def test_a_search_space_never_expands_the_wandb_key(monkeypatch):

@@ -161,6 +161,30 @@ def test_metrics_record_per_group_learning_rates_and_gradient_norms(tiny_config,
     assert float(warmup["lr_head"]) == pytest.approx(0.1) and float(warmup["grad_norm_head"]) > 0
     assert float(finetune["lr_B1"]) == pytest.approx(0.01) and float(finetune["grad_norm_B1"]) > 0
     assert warmup["val_mAP"] and finetune["val_mAP"]
+    # Frozen blocks stay exactly at their pre-trained weights; trained ones move away from them.
+    assert all(float(warmup[f"drift_{b}"]) == 0 for b in BLOCKS)
+    assert all(float(finetune[f"drift_{b}"]) > 0 for b in BLOCKS)
+
+
+def test_block_drift_is_the_relative_distance_from_the_pretrained_weights(tiny_config):
+    from study.models import build_model, snapshot
+
+    config = tiny_config({"name": "finetune", "epochs": 1})
+    model = build_model(config.model, num_classes=5)
+    initial = snapshot(model)
+    with torch.no_grad():
+        for param in model.blocks["B2"].parameters():
+            param.mul_(1.5)  # every parameter 1.5x: ||1.5 t - t|| / ||t|| = 0.5
+        for param in model.head.parameters():
+            param.add_(1.0)  # the head is not a pre-trained block
+    drift = trainer.block_drift(model, initial)
+    assert drift == {
+        "drift_B1": 0.0,
+        "drift_B2": pytest.approx(0.5),
+        "drift_B3": 0.0,
+        "drift_B4": 0.0,
+        "drift_B5": 0.0,
+    }
 
 
 def test_runs_with_a_seed_are_repeatable_and_resume_gives_the_same_result(tiny_config, tmp_path):
