@@ -71,11 +71,11 @@ class Study:
                     "seeds": len(trials),
                     "trial_ids": list(trials["trial_id"]),
                     "mAP_mean": trials[best_map].mean(),
-                    "mAP_std": trials[best_map].std(ddof=0),
+                    "mAP_std": trials[best_map].std(ddof=1),
                     "rank1_mean": trials[best_rank1].mean(),
-                    "rank1_std": trials[best_rank1].std(ddof=0),
+                    "rank1_std": trials[best_rank1].std(ddof=1),
                     "final_mean": trials[final_map].mean(),
-                    "final_std": trials[final_map].std(ddof=0),
+                    "final_std": trials[final_map].std(ddof=1),
                     "epochs": trials["epochs"].mean(),
                     "statuses": _counts(trials["status"]),
                 }
@@ -136,6 +136,8 @@ def study_lines(
     plots = write_plots(study, plots_folder)
     h1, h2 = "#" * level, "#" * (level + 1)
     lines = [f"{h1} Study {study.name}", "", _overview(study), ""]
+    lines += [f"{h2} Verdict", "", *verdict(study), ""]
+    lines += [f"{h2} Caveats", "", *caveats(study), ""]
     lines += [f"{h2} Schedules", "", *schedules_table(study), ""]
     lines += [f"{h2} Against fine-tuning", "", *against_finetune(study), ""]
     lines += [f"{h2} Best configuration", "", *best_configuration(study), ""]
@@ -158,7 +160,7 @@ def _overview(study: Study) -> str:
     return (
         f"{len(trials)} trials ({_counts(trials['status'])}) of {trials['schedule'].nunique()} schedules; "
         f"ranked by best {study.metric} (the best of a run's evaluations; final: its last one); "
-        "mean ± std over seeds, in %."
+        "mean ± sample std over the seeds (n in the seeds column), in %."
     )
 
 
@@ -182,6 +184,217 @@ def schedules_table(study: Study) -> list[str]:
             f"| {_counts(study.results.loc[study.results['schedule'] == name, 'status'])} |"
         )
     return lines
+
+
+def baseline_schedule(study: Study) -> str | None:
+    """What every schedule is judged against: ``finetune``, else the study's first schedule."""
+    present = set(study.results["schedule"])
+    if "finetune" in present:
+        return "finetune"
+    listed = [s for s in (study.saved.get("search") or {}).get("schedules", []) if s in present]
+    return listed[0] if listed else (study.results["schedule"].iloc[0] if len(study.results) else None)
+
+
+def final_per_seed(study: Study, row: pd.Series) -> pd.Series:
+    """The final metric of each seed's run of one configuration (its last evaluation), by seed."""
+    final = f"final_{study.prefix}_mAP"
+    results = study.results.set_index("trial_id")
+    if final not in results:
+        return pd.Series(dtype=float)
+    trials = results.loc[row["trial_ids"]].dropna(subset=[final])
+    return trials.groupby(SEED)[final].mean()
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One schedule against the baseline: the per-seed differences of the final metric and their 95 % CI."""
+
+    schedule: str
+    differences: pd.Series  # by seed, in metric units (not %)
+    low: float
+    high: float
+
+    @property
+    def seeds(self) -> int:
+        return len(self.differences)
+
+    @property
+    def call(self) -> str:
+        if self.seeds < 2:
+            return "no call can be made"
+        if self.low > 0:
+            return "better"
+        if self.high < 0:
+            return "worse"
+        return "no detectable difference"
+
+
+def paired_comparison(schedule: str, values: pd.Series, baseline: pd.Series) -> Comparison:
+    """Differences of the seeds both have, with the t-interval of their mean (95 %, n - 1 degrees of freedom).
+
+    >>> paired_comparison("x", pd.Series([0.3, 0.5]), pd.Series([0.2, 0.3])).call
+    'better'
+    """
+    common = values.index.intersection(baseline.index)
+    differences = values[common] - baseline[common]
+    n = len(differences)
+    mean = float(differences.mean()) if n else math.nan
+    if n < 2:
+        return Comparison(schedule, differences, mean, mean)
+    from scipy.stats import t
+
+    half = float(t.ppf(0.975, n - 1) * differences.std(ddof=1) / math.sqrt(n))
+    return Comparison(schedule, differences, mean - half, mean + half)
+
+
+def comparisons(study: Study) -> tuple[str | None, list[Comparison]]:
+    """The baseline, and every other schedule's best configuration compared with its best, paired by seed."""
+    baseline = baseline_schedule(study)
+    best = study.best_per_schedule()
+    if baseline is None or baseline not in set(best["schedule"]):
+        return baseline, []
+    reference = final_per_seed(study, best[best["schedule"] == baseline].iloc[0])
+    found = []
+    for _, row in best.iterrows():
+        if row["schedule"] != baseline:
+            compared = paired_comparison(row["schedule"], final_per_seed(study, row), reference)
+            if compared.seeds:
+                found.append(compared)
+    return baseline, found
+
+
+def verdict(study: Study) -> list[str]:
+    """Each schedule against the baseline in words, decided by the paired per-seed difference's 95 % CI."""
+    baseline, found = comparisons(study)
+    if not found:
+        return ["No verdict yet: no schedule has a final evaluation on a seed the baseline also has."]
+    metric = f"final {study.metric}"
+    lines = [
+        f"Each schedule's {metric} (its last evaluation, no selection) minus `{baseline}`'s on the same "
+        "seed; the mean difference in points, with its 95 % t-interval over the seeds. *No detectable "
+        "difference*: the interval contains 0 (with few seeds only large gaps can be told apart from seed "
+        "noise); *better*/*worse*: it lies wholly above/below 0.",
+        "",
+    ]
+    for c in found:
+        gap = c.differences.mean() * 100
+        if c.seeds < 2:
+            detail = f"{gap:+.2f} points on 1 seed; one seed gives no interval, so no call can be made"
+            lines.append(f"- **{c.schedule}**: {detail}.")
+            continue
+        words = c.call if c.call == "no detectable difference" else f"{c.call} than {baseline}"
+        lines.append(
+            f"- **{c.schedule}**: {words}: {gap:+.2f} points (95 % CI {c.low * 100:+.2f} to "
+            f"{c.high * 100:+.2f}; {c.seeds} seeds, better on {int((c.differences > 0).sum())})."
+        )
+    return lines
+
+
+def caveats(study: Study) -> list[str]:
+    """What the comparison cannot show, as far as the study's own data tells."""
+    found = [
+        *_confounded_hyperparameters(study),
+        *_not_converged(study),
+        *_chance_level(study),
+    ]
+    return found or ["None found."]
+
+
+def _confounded_hyperparameters(study: Study) -> list[str]:
+    best = study.best_per_schedule()
+    differing = []
+    for key in study.keys:
+        values = {row["schedule"]: row[key] for _, row in best.iterrows() if not _missing(row[key])}
+        if len(values) > 1 and len({_value(v) for v in values.values()}) > 1:
+            shown = ", ".join(f"{s} {_value(v)}" for s, v in values.items())
+            differing.append(f"`{key}` ({shown})")
+    if not differing:
+        return []
+    return [
+        "- The schedules were compared at different hyperparameters: "
+        + "; ".join(differing)
+        + ". Schedule and these values are confounded; `search.paired: true` runs every schedule at "
+        "the same sampled values."
+    ]
+
+
+def _not_converged(study: Study, last: int = 2) -> list[str]:
+    """Schedules whose metric still rose over their last evaluations (mean curve over seeds)."""
+    curves = best_curves(study)
+    metric = study.metric
+    if curves.empty or metric not in curves:
+        return []
+    rising = []
+    for schedule, rows in curves.dropna(subset=[metric]).groupby("schedule", sort=False):
+        mean = rows.groupby("epoch")[metric].mean().sort_index()
+        if len(mean) <= last:
+            continue
+        rise = (mean.iloc[-1] - mean.iloc[-1 - last]) * 100
+        if rise > 0:
+            rising.append(f"{schedule} +{rise:.2f} (epoch {mean.index[-1 - last]} → {mean.index[-1]})")
+    if not rising:
+        return []
+    return [
+        f"- Not converged: {metric} still rose over the last {last} evaluations of "
+        + ", ".join(rising)
+        + " points (mean over seeds). The comparison holds for this budget only."
+    ]
+
+
+def _chance_level(study: Study) -> list[str]:
+    """Expected mAP and rank-1 of a random ranking of the evaluation split."""
+    try:
+        chance = chance_level(study)
+    except (UserError, OSError, ValueError, KeyError) as error:
+        return [f"- Chance level not computed: the evaluation split could not be read ({error})."]
+    if chance is None:
+        return []
+    queries, gallery, mAP, rank1 = chance
+    return [
+        f"- Chance level of this evaluation split ({queries} queries, {gallery} gallery images): a random "
+        f"ranking scores {mAP * 100:.2f} % mAP and {rank1 * 100:.2f} % rank-1 in expectation."
+    ]
+
+
+def chance_level(study: Study) -> tuple[int, int, float, float] | None:
+    """(queries, gallery images, expected mAP, expected rank-1) of a uniformly random ranking.
+
+    Per query with m true matches among the N gallery images it is ranked against (junk removed
+    as in the Market-1501 protocol), E[AP] = H_N / N + (m - 1) / (N - 1) · (1 - H_N / N) and
+    P(rank-1 is a match) = m / N; both are averaged over the queries that have a match.
+    """
+    from study.config import config_from_dict
+    from study.data import split_samples
+
+    config = config_from_dict({k: v for k, v in study.saved.items() if k in ("model", "data", "train")})
+    _, query, gallery = split_samples(config.data)
+    g_pid = np.array([s.pid for s in gallery])
+    g_cam = np.array([s.camid for s in gallery])
+    aps, tops = [], []
+    for sample in query:
+        kept = (g_pid != -1) & ~((g_pid == sample.pid) & (g_cam == sample.camid))
+        n = int(kept.sum())
+        m = int((kept & (g_pid == sample.pid)).sum())
+        if m == 0:
+            continue
+        aps.append(random_ranking_ap(n, m))
+        tops.append(m / n)
+    if not aps:
+        return None
+    return len(query), len(gallery), float(np.mean(aps)), float(np.mean(tops))
+
+
+def random_ranking_ap(n: int, m: int) -> float:
+    """Expected AP of a uniformly random ranking of n items, m of them true matches.
+
+    The i-th match at rank r has the other m - 1 spread over the n - 1 other ranks, (r - 1)(m - 1)/(n - 1)
+    of them before it in expectation: E[AP] = E[1/r] + (m - 1)/(n - 1) · (1 - E[1/r]), E[1/r] = H_n / n.
+
+    >>> random_ranking_ap(1, 1)
+    1.0
+    """
+    mean_inverse_rank = float(np.sum(1.0 / np.arange(1, n + 1))) / n
+    return mean_inverse_rank + ((m - 1) / (n - 1) if n > 1 else 0.0) * (1 - mean_inverse_rank)
 
 
 def against_finetune(study: Study) -> list[str]:
@@ -219,7 +432,7 @@ def against_finetune(study: Study) -> list[str]:
         better = int((values[common] > baseline[common]).sum())
         gap = (values.mean() - baseline.mean()) * 100
         lines.append(
-            f"| {row['schedule']} | {_pm(values.mean(), values.std(ddof=0))} | {gap:+.2f} "
+            f"| {row['schedule']} | {_pm(values.mean(), values.std(ddof=1))} | {gap:+.2f} "
             f"| {_p_value(values, baseline)} | {better}/{len(common)} |"
         )
     return lines if len(lines) > 4 else ["No schedule besides `finetune` has been evaluated yet."]
@@ -274,10 +487,16 @@ def importance_section(study: Study) -> list[str]:
     varying = sorted(
         {k for t in complete for k in t.params if len({str(u.params.get(k)) for u in complete}) > 1}
     )
-    if len(complete) < 2 or not varying:
+    if len(complete) < 2 * len(varying) + 1 or not varying:
         return [
-            f"Not computed: needs at least 2 completed configurations and 1 varying parameter "
-            f"(has {len(complete)} and {len(varying)})."
+            f"Not computed: needs a varying parameter and at least 2 completed configurations per varying "
+            f"parameter, plus one (has {len(complete)} for {len(varying)})."
+        ]
+    confounded = _confounded_with_schedule(complete, varying)
+    if confounded:
+        return [
+            f"Not computed: {', '.join(f'`{k}`' for k in confounded)} took one value per schedule, so their "
+            "effect cannot be told apart from the schedule's."
         ]
     with _quiet_warnings():
         try:
@@ -297,6 +516,21 @@ def importance_section(study: Study) -> list[str]:
     ]
     lines += [f"| `{name}` | {value:.3f} |" for name, value in importances.items()]
     return lines
+
+
+def _confounded_with_schedule(trials: list, varying: list[str]) -> list[str]:
+    """Varying parameters that map one to one onto the schedules in these trials."""
+    schedules = {str(t.params.get("schedule.name")) for t in trials}
+    if "schedule.name" not in varying or len(schedules) < 2:
+        return []
+    found = []
+    for key in varying:
+        if key == "schedule.name":
+            continue
+        pairs = {(str(t.params.get("schedule.name")), str(t.params.get(key))) for t in trials}
+        if len(pairs) == len(schedules) == len({str(t.params.get(key)) for t in trials}):
+            found.append(key)
+    return found
 
 
 def final_table(final: list[dict[str, Any]]) -> list[str]:
@@ -331,8 +565,8 @@ def final_table(final: list[dict[str, Any]]) -> list[str]:
         folders = ", ".join(sorted({str(Path(f).parent) for f in runs_of["folder"]}))
         mAP, rank1 = runs_of["mAP"], runs_of["rank1"]
         lines.append(
-            f"| {label} | {runs_of['schedule'].iloc[0]} | {_pm(mAP.mean(), mAP.std(ddof=0))} "
-            f"| {_pm(rank1.mean(), rank1.std(ddof=0))} | {len(runs_of)} | {per_seed} "
+            f"| {label} | {runs_of['schedule'].iloc[0]} | {_pm(mAP.mean(), mAP.std(ddof=1))} "
+            f"| {_pm(rank1.mean(), rank1.std(ddof=1))} | {len(runs_of)} | {per_seed} "
             f"| {runs_of['epochs'].iloc[0]} | {folders} |"
         )
     lines += ["", "Values of the final model (no selection on the test set); mean ± std over seeds, in %."]
@@ -341,7 +575,7 @@ def final_table(final: list[dict[str, Any]]) -> list[str]:
     means = runs.groupby("label", sort=False)["mAP"].mean()
     if {"best", "finetune"} <= set(means.index) and means[["best", "finetune"]].notna().all():
         gap = (means["best"] - means["finetune"]) * 100
-        spread = runs[runs["label"] == "finetune"]["mAP"].std(ddof=0) * 100
+        spread = runs[runs["label"] == "finetune"]["mAP"].std(ddof=1) * 100
         by_label = {label: of["mAP"].dropna() for label, of in runs.set_index("seed").groupby("label")}
         p = _p_value(by_label["best"], by_label["finetune"])
         lines.append(
@@ -358,7 +592,7 @@ def evaluation_table(study: Study) -> list[str]:
     if curves.empty or metric not in curves or curves[metric].isna().all():
         return ["No evaluations reported yet."]
     validated = curves.dropna(subset=[metric])
-    stats = validated.groupby(["schedule", "epoch"])[metric].agg(["mean", lambda v: v.std(ddof=0)])
+    stats = validated.groupby(["schedule", "epoch"])[metric].agg(["mean", "std"])
     stats.columns = ["mean", "std"]
     epochs = sorted(validated["epoch"].unique())
     schedules = [s for s in study.best_per_schedule()["schedule"] if s in stats.index.get_level_values(0)]
@@ -520,6 +754,21 @@ def best_curves(study: Study) -> pd.DataFrame:
     return rows
 
 
+def period_boundaries(rows: pd.DataFrame) -> list[float]:
+    """Where periods start (between the epochs), over every schedule in ``rows``: x positions to mark."""
+    if "period" not in rows or rows.empty:
+        return []
+    starts = rows[rows["period"] > 1].groupby(["schedule", "period"])["epoch"].min()
+    return sorted({float(epoch) - 0.5 for epoch in starts})
+
+
+def _mark_periods(ax: Any, rows: pd.DataFrame) -> bool:
+    boundaries = period_boundaries(rows)
+    for x in boundaries:
+        ax.axvline(x, color="0.5", linestyle=":", linewidth=1, zorder=0)
+    return bool(boundaries)
+
+
 def _line_plot(rows: pd.DataFrame, column: str, scale: float, label: str, path: Path) -> Path:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
@@ -530,7 +779,9 @@ def _line_plot(rows: pd.DataFrame, column: str, scale: float, label: str, path: 
         stats = (group.groupby("epoch")[column].agg(["mean", "min", "max"]) * scale).reset_index()
         (line,) = ax.plot(stats["epoch"], stats["mean"], marker="o", markersize=3, label=schedule)
         ax.fill_between(stats["epoch"], stats["min"], stats["max"], color=line.get_color(), alpha=0.15)
-    ax.set(xlabel="epoch", ylabel=label, title=f"{label}: mean over seeds (band: min to max)")
+    marked = _mark_periods(ax, rows)
+    title = f"{label}: mean over seeds (band: min to max)" + ("\ndotted: period boundaries" if marked else "")
+    ax.set(xlabel="epoch", ylabel=label, title=title)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small", ncol=2 if rows["schedule"].nunique() > 6 else 1)
@@ -539,20 +790,40 @@ def _line_plot(rows: pd.DataFrame, column: str, scale: float, label: str, path: 
 
 def _grad_plot(rows: pd.DataFrame, path: Path) -> Path:
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
     columns = [c for c in rows.columns if c.startswith("grad_norm_")]
     fig, axes = plt.subplots(2, math.ceil(len(columns) / 2), figsize=(12, 6.5), squeeze=False)
     for ax, column in zip(axes.flat, columns, strict=False):
         _distinct_colors(ax, rows["schedule"].nunique())
         for schedule, group in rows.groupby("schedule", sort=False):
-            mean = group.groupby("epoch")[column].mean()
-            ax.plot(mean.index, mean.values, label=schedule)
+            stats = group.groupby("epoch")[column].agg(["mean", "min", "max"])
+            stats = stats[stats["mean"] > 0]  # frozen epochs have no gradient to show on a log scale
+            (line,) = ax.plot(stats.index, stats["mean"], label=schedule)
+            ax.fill_between(stats.index, stats["min"], stats["max"], color=line.get_color(), alpha=0.15)
+        _mark_periods(ax, rows)
         ax.set(title=column.removeprefix("grad_norm_"), xlabel="epoch", yscale="log")
+        _readable_log_ticks(ax, LogLocator, FuncFormatter, NullFormatter)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
+    for ax in axes.flat[len(columns) :]:
+        ax.set_visible(False)
     axes.flat[0].set_ylabel("gradient norm (mean over the epoch's steps)")
-    axes.flat[0].legend(fontsize="small")
-    fig.suptitle("Gradient norm per block, mean over seeds")
-    return _save(fig, path)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), fontsize="small")
+    fig.suptitle("Gradient norm per block: mean over seeds (band: min to max; dotted: period boundaries)")
+    return _save(fig, path, rect=(0, 0.07, 1, 1))  # room for the figure's legend
+
+
+def _readable_log_ticks(ax: Any, LogLocator: Any, FuncFormatter: Any, NullFormatter: Any) -> None:
+    """Plain numbers at 1, 2 and 5 times the powers of ten when the axis spans less than a decade
+    (otherwise at the powers alone), never matplotlib's crowded minor labels."""
+    low, high = ax.get_ylim()
+    plain = FuncFormatter(lambda value, _: f"{value:.3g}")
+    narrow = low > 0 and high / low < 10
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0) if narrow else (1.0,)))
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(NullFormatter())
 
 
 def _param_plot(study: Study, path: Path) -> Path | None:
@@ -572,7 +843,7 @@ def _param_plot(study: Study, path: Path) -> Path | None:
             ax.scatter(x, group[best] * 100, label=schedule, alpha=0.8)
         if numeric.notna().any() and numeric.min() > 0 and numeric.max() / numeric.min() >= 10:
             ax.set_xscale("log")
-        ax.set(xlabel=key, ylabel=f"best {study.metric} (%)")
+        ax.set(xlabel=key, ylabel=f"best {study.metric} (%)", title=f"{key}: one point per trial")
         ax.grid(alpha=0.3)
     axes.flat[0].legend(fontsize="small")
     return _save(fig, path)
@@ -586,10 +857,10 @@ def _distinct_colors(ax: Any, count: int) -> None:
         ax.set_prop_cycle(color=matplotlib.colormaps["tab20"].colors[:count])
 
 
-def _save(fig: Any, path: Path) -> Path:
+def _save(fig: Any, path: Path, rect: tuple[float, float, float, float] = (0, 0, 1, 1)) -> Path:
     import matplotlib.pyplot as plt
 
-    fig.tight_layout()
+    fig.tight_layout(rect=rect)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -706,9 +977,10 @@ def _train_in_processes(pending: list[tuple[str, Any, Path]], jobs: int) -> None
 
 
 def _pm(mean: float, std: float) -> str:
+    """``mean ± std`` in %; the mean alone when there is no spread to give (one seed)."""
     if _missing(mean):
         return "–"
-    return f"{mean * 100:.2f} ± {0.0 if _missing(std) else std * 100:.2f}"
+    return f"{mean * 100:.2f}" if _missing(std) else f"{mean * 100:.2f} ± {std * 100:.2f}"
 
 
 def _percent(value: Any) -> str:

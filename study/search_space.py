@@ -7,6 +7,7 @@ The format (see study/sweep.py for how a study runs it)::
       variants:                                      # optional: named variants, listed in schedules
         keep_B3: {name: block_order, retained: [[], [B3]]}
       seeds: [0, 1]                                  # every sampled configuration runs once per seed
+      paired: true                                   # optional: each sampled value set runs every schedule
       params:                                        # dotted run-config key: distribution or fixed value
         schedule.lr: {loguniform: [3.0e-3, 3.0e-2]}  # also uniform, int, intlog (bounds inclusive), choice
         train.batch_size: {choice: [16, 32]}
@@ -50,7 +51,7 @@ from study.errors import UserError, closest, unknown
 SCHEDULE_KEY = "schedule.name"
 SEED_KEY = "train.seed"
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "intlog", "choice")
-SEARCH_KEYS = ("schedules", "variants", "seeds", "params", "when")
+SEARCH_KEYS = ("schedules", "variants", "seeds", "params", "when", "paired")
 TUNE_KEYS = (
     "metric",
     "mode",
@@ -132,6 +133,8 @@ class SearchSpace:
     tune: TuneSettings
     source: dict[str, Any]  # the resolved file, saved as DIR/study.yaml
     variants: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # label -> schedule section
+    # Configurations come in groups of one per schedule sharing their sampled values (a fair comparison).
+    paired: bool = False
 
     @property
     def num_trials(self) -> int:
@@ -241,7 +244,15 @@ def parse_search_space(data: dict[str, Any], name: str) -> SearchSpace:
     params = _params(search.get("params"), "search.params", schedules, variants)
     when = _when(search.get("when"), schedules, params, variants)
     tune = _tune(data.get("tune"), base_config.data.evaluate_on, len(schedules))
-    space = SearchSpace(name, base, schedules, seeds, params, when, tune, data, variants)
+    paired = search.get("paired", False)
+    if not isinstance(paired, bool):
+        raise UserError(f"search.paired must be true or false, got {paired!r}")
+    if paired and tune.num_samples % len(schedules):
+        raise UserError(
+            f"search.paired runs every schedule at each sampled value set: tune.num_samples="
+            f"{tune.num_samples} must be a multiple of the {len(schedules)} schedules"
+        )
+    space = SearchSpace(name, base, schedules, seeds, params, when, tune, data, variants, paired)
     _check_values(space)
     return space
 

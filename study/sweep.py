@@ -129,7 +129,9 @@ class StudySearcher(Searcher):
     """Ray Tune searcher: the study's planned configurations, each once per seed, sampled by Optuna.
 
     Configuration c (0 .. num_samples - 1) is the Optuna trial with user attribute ``configuration``
-    = c; its schedule is fixed to schedule c mod k and TPE samples the rest; Tune runs it once per
+    = c; its schedule is fixed to schedule c mod k and TPE samples the rest (with ``search.paired``,
+    the others of each group of k take the values of its first, so every schedule runs at the same
+    values and the comparison is not confounded with them); Tune runs it once per
     seed. Optuna learns, once every seed has ended: FAIL when any seed diverged or failed (the metric
     of a diverged trial is a placeholder TPE must not learn from, and a setting that diverges for one
     seed in n is not one to recommend); PRUNED, with the mean over seeds at every completed period as
@@ -206,11 +208,7 @@ class StudySearcher(Searcher):
             number = left[0].number
         else:
             if not left:  # a new one: enqueued with its schedule, then popped by ask()
-                point = (
-                    {SCHEDULE_KEY: schedule_of(self.space, configuration)}
-                    if len(self.space.schedules) > 1
-                    else {}
-                )
+                point = self._fixed_point(configuration)
                 self.study.enqueue_trial(point, user_attrs={"configuration": configuration})
             if left and left[0].state == optuna.trial.TrialState.RUNNING:
                 trial = optuna.trial.Trial(self.study, left[0]._trial_id)  # suggests return what it holds
@@ -220,6 +218,19 @@ class StudySearcher(Searcher):
             values, number = {**trial.params, **fixed}, trial.number
         self.configs[configuration] = values
         self.optuna_numbers[configuration] = number
+
+    def _fixed_point(self, configuration: int) -> dict[str, Any]:
+        """What configuration c has fixed before TPE samples: its schedule and, when the study pairs
+        schedules, the sampled values of the first configuration of its group."""
+        if len(self.space.schedules) == 1:
+            return {}
+        schedule = schedule_of(self.space, configuration)
+        point = {SCHEDULE_KEY: schedule}
+        first = configuration - configuration % len(self.space.schedules)
+        if self.space.paired and first != configuration:
+            own = {p.key for p in self.space.params_for(schedule) if not p.fixed}
+            point |= {k: v for k, v in self.configs[first].items() if k in own}
+        return point
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         configuration, seed = self._locate(trial_id, result)

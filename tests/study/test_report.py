@@ -112,17 +112,17 @@ def test_report_compares_schedules_over_seeds(tmp_path, synthetic_dir):
         "| schedule | best val mAP | best val rank-1 | final val mAP "
         "| seeds | epochs | configurations | trials | status |"
     )
-    # Best first; mean ± population std over the seeds, in percent.
+    # Best first; mean ± sample std over the seeds (two values a, b: |a - b| / sqrt 2), in percent.
     assert (
         lines[table + 2]
-        == "| incremental_rollback | 45.00 ± 5.00 | 65.00 ± 5.00 | 45.00 ± 5.00 | 2 | 1.5 | 1 | 2 "
+        == "| incremental_rollback | 45.00 ± 7.07 | 65.00 ± 7.07 | 45.00 ± 7.07 | 2 | 1.5 | 1 | 2 "
         "| 1 finished, 1 stopped |"
     )
     # ft1 ends below its best: final 0.30 and 0.15
     assert lines[table + 3] == (
-        "| finetune | 25.00 ± 5.00 | 45.00 ± 5.00 | 22.50 ± 7.50 | 2 | 2 | 1 | 2 | 2 finished |"
+        "| finetune | 25.00 ± 7.07 | 45.00 ± 7.07 | 22.50 ± 10.61 | 2 | 2 | 1 | 2 | 2 finished |"
     )
-    assert "**incremental_rollback**: best val_mAP 45.00 ± 5.00" in text
+    assert "**incremental_rollback**: best val_mAP 45.00 ± 7.07" in text
     assert "- `schedule.lr`: 0.02" in text and "Trials: ir0, ir1." in text
     for name in ("val_mAP.png", "loss.png", "grad_norm.png", "params.png"):
         data = (tmp_path / "plots" / name).read_bytes()
@@ -138,12 +138,30 @@ def test_importance_is_computed_from_the_optuna_study(tmp_path, synthetic_dir):
     assert names == {"schedule.lr", "schedule.name"}
 
 
-def test_importance_needs_two_completed_configurations(tmp_path, synthetic_dir):
+def test_importance_needs_two_completed_configurations_per_varying_parameter(tmp_path, synthetic_dir):
     write_study(tmp_path, synthetic_dir, optuna_values=(0.25,))
     section = report.importance_section(report.load_study(tmp_path))
     assert section == [
-        "Not computed: needs at least 2 completed configurations and 1 varying parameter (has 1 and 0)."
+        "Not computed: needs a varying parameter and at least 2 completed configurations per varying "
+        "parameter, plus one (has 1 for 0)."
     ]
+    write_study(tmp_path / "four", synthetic_dir, optuna_values=(0.25, 0.45, 0.20, 0.50))
+    section = report.importance_section(report.load_study(tmp_path / "four"))
+    assert section[0].endswith("(has 4 for 2).")  # schedule and lr: 5 needed
+
+
+def test_importance_is_not_computed_when_a_parameter_is_confounded_with_the_schedule(tmp_path, synthetic_dir):
+    # The demo's shape before search.paired: each schedule at one value of lr, here 5 configurations
+    # with lr = 0.01 for finetune and 0.014 for incremental_rollback.
+    write_study(tmp_path, synthetic_dir, optuna_values=(0.25, 0.45, 0.20, 0.50, 0.22))
+    import optuna
+
+    stored = optuna.load_study(study_name="mini", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    trials = stored.get_trials()
+    assert report._confounded_with_schedule(trials, ["schedule.lr", "schedule.name"]) == []
+    for trial in trials:  # the same lr whenever the schedule is the same
+        trial.params["schedule.lr"] = 0.01 if trial.params["schedule.name"] == "finetune" else 0.014
+    assert report._confounded_with_schedule(trials, ["schedule.lr", "schedule.name"]) == ["schedule.lr"]
 
 
 def test_folder_without_a_study_is_one_line_error(tmp_path, capsys):
@@ -169,8 +187,8 @@ def test_evaluation_table_gives_the_curve_of_each_schedule_over_seeds(tmp_path, 
     lines = report.evaluation_table(report.load_study(tmp_path))
     assert lines[2] == "| schedule | epoch 1 | epoch 2 |"
     # rollback: epoch 1 of both seeds (0.20, 0.50), epoch 2 of seed 0 only (ir1 stopped after one)
-    assert lines[4] == "| incremental_rollback | 35.00 ± 15.00 | 40.00 ± 0.00 |"
-    assert lines[5] == "| finetune | 15.00 ± 5.00 | 22.50 ± 7.50 |"
+    assert lines[4] == "| incremental_rollback | 35.00 ± 21.21 | 40.00 |"  # one seed at epoch 2: no spread
+    assert lines[5] == "| finetune | 15.00 ± 7.07 | 22.50 ± 10.61 |"
 
 
 def test_against_finetune_compares_final_map_with_welchs_test(tmp_path, synthetic_dir):
@@ -178,7 +196,7 @@ def test_against_finetune_compares_final_map_with_welchs_test(tmp_path, syntheti
     lines = report.against_finetune(report.load_study(tmp_path))
     # Final values: rollback 0.40, 0.50; finetune 0.30, 0.15. Welch: t = 2.496, df = 1.742, p = 0.148.
     assert lines[2] == "| schedule | final val mAP | Δ vs finetune | p | seeds better |"
-    assert lines[4] == "| incremental_rollback | 45.00 ± 5.00 | +22.50 | 0.148 | 2/2 |"
+    assert lines[4] == "| incremental_rollback | 45.00 ± 7.07 | +22.50 | 0.148 | 2/2 |"
     assert len(lines) == 5
 
 
@@ -248,7 +266,7 @@ def test_final_retrains_the_best_and_finetune_once_per_seed_on_the_test_protocol
     text = (tmp_path / "report.md").read_text()
     assert "## Test set (retrained on every training identity)" in text
     maps = [runs["best", seed]["final_test_mAP"] * 100 for seed in (0, 1)]
-    mean, std = sum(maps) / 2, abs(maps[0] - maps[1]) / 2
+    mean, std = sum(maps) / 2, abs(maps[0] - maps[1]) / 2**0.5
     assert f"| best | incremental_rollback | {mean:.2f} ± {std:.2f} |" in text
     assert f"{maps[0]:.2f} (seed 0), {maps[1]:.2f} (seed 1)" in text
     assert "The best configuration minus fine-tuning: " in text and "Welch's t-test p = " in text
@@ -329,7 +347,7 @@ def test_final_retrains_nothing_in_a_study_already_on_the_test_protocol(tmp_path
     assert "was evaluated on the test protocol already: --final retrains nothing" in capsys.readouterr().out
     assert not (tmp_path / "final").exists()
     text = (tmp_path / "report.md").read_text()
-    assert "| incremental_rollback | 45.00 ± 5.00 |" in text and "--final" not in text
+    assert "| incremental_rollback | 45.00 ± 7.07 |" in text and "--final" not in text
 
 
 def test_drift_table_gives_each_blocks_distance_from_pretrained_at_every_period_end(tmp_path, synthetic_dir):
@@ -348,3 +366,75 @@ def test_drift_table_gives_each_blocks_distance_from_pretrained_at_every_period_
         "| incremental_rollback | 2 | 1 |" + " 20.00 |" * 5,  # one seed: no spread to give
         "| finetune | 2 | 2 |" + " 6.00 ± 2.83 |" * 5,
     ]
+
+
+# ----------------------------------------------------------------------------- verdict and caveats
+
+
+def test_a_clearly_better_schedule_is_called_better_with_its_interval():
+    baseline = report.pd.Series([0.20, 0.30, 0.25], index=[0, 1, 2])
+    better = report.paired_comparison("x", baseline + report.pd.Series([0.10, 0.12, 0.11]), baseline)
+    # differences 0.10, 0.12, 0.11: mean 0.11, sd 0.01, t(0.975, 2) = 4.303 -> 0.11 ± 0.02484
+    assert better.call == "better" and better.seeds == 3
+    assert (better.low, better.high) == (pytest.approx(0.08516, abs=1e-5), pytest.approx(0.13484, abs=1e-5))
+    worse = report.paired_comparison("y", baseline - 0.05 + report.pd.Series([0.0, 0.01, -0.01]), baseline)
+    assert worse.call == "worse"
+
+
+def test_identical_schedules_show_no_detectable_difference_and_one_seed_allows_no_call():
+    baseline = report.pd.Series([0.20, 0.30, 0.25], index=[0, 1, 2])
+    same = report.paired_comparison("x", baseline.copy(), baseline)
+    assert same.call == "no detectable difference" and (same.low, same.high) == (0.0, 0.0)
+    noisy = report.paired_comparison("y", baseline + report.pd.Series([0.05, -0.04, 0.01]), baseline)
+    assert noisy.call == "no detectable difference" and noisy.low < 0 < noisy.high
+    one = report.paired_comparison("z", report.pd.Series([0.9], index=[0]), baseline)
+    assert one.call == "no call can be made" and one.seeds == 1
+    unpaired = report.paired_comparison("w", report.pd.Series([0.9], index=[7]), baseline)
+    assert unpaired.seeds == 0  # seeds the baseline lacks are not compared
+
+
+def test_the_verdict_comes_first_with_its_interval_and_the_caveats_say_what_was_found(
+    tmp_path, synthetic_dir
+):
+    write_study(tmp_path, synthetic_dir)
+    report.main([str(tmp_path)])
+    text = (tmp_path / "report.md").read_text()
+    sections = [line for line in text.splitlines() if line.startswith("## ")]
+    assert sections[:2] == ["## Verdict", "## Caveats"]
+    # finals: rollback 0.40, 0.50 vs finetune 0.30, 0.15 -> differences 0.10, 0.35: mean 0.225,
+    # sd 0.1768, t(0.975, 1) = 12.706 -> 22.50 ± 158.82 points
+    assert (
+        "- **incremental_rollback**: no detectable difference: +22.50 points (95 % CI -136.33 to +181.33; "
+        "2 seeds, better on 2)." in text
+    )
+    # the best configurations differ in lr (finetune 0.01, rollback 0.02): confounded with the schedule
+    assert "- The schedules were compared at different hyperparameters: `schedule.lr` (" in text
+    assert "incremental_rollback 0.02" in text and "finetune 0.01" in text
+    # 32 synthetic identities, 6 held out for validation: a random ranking's expectations
+    assert "- Chance level of this evaluation split (" in text
+
+
+def test_runs_still_improving_at_their_last_evaluations_are_called_not_converged(tmp_path, synthetic_dir):
+    write_study(tmp_path, synthetic_dir)
+    study = report.load_study(tmp_path)
+    assert report._not_converged(study) == []  # two evaluations each: too few to tell
+    extra = study.epochs[study.epochs["schedule"] == "finetune"].copy()
+    extra["epoch"] += 2
+    extra["val_mAP"] += 0.10  # epochs 3 and 4 at +10 points
+    study.epochs = report.pd.concat([study.epochs, extra], ignore_index=True)
+    (line,) = report._not_converged(study)
+    # finetune's mean curve: 15.0, 22.5, 25.0, 32.5 -> +10.00 from epoch 2 to epoch 4
+    assert line.startswith(
+        "- Not converged: val_mAP still rose over the last 2 evaluations of finetune +10.00"
+    )
+
+
+def test_a_random_rankings_expected_ap_matches_every_permutation():
+    import itertools
+
+    for n, m in [(1, 1), (4, 1), (5, 2), (6, 3), (6, 6)]:
+        aps = []
+        for order in itertools.permutations([1] * m + [0] * (n - m)):
+            ranks = [i + 1 for i, hit in enumerate(order) if hit]
+            aps.append(sum((j + 1) / r for j, r in enumerate(ranks)) / m)
+        assert report.random_ranking_ap(n, m) == pytest.approx(sum(aps) / len(aps))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -530,6 +531,28 @@ def test_optuna_learns_fail_complete_or_pruned_once_every_seed_of_a_configuratio
     ]
     assert trials[4].intermediate_values == {1: pytest.approx(0.3), 2: 0.25}
     assert [t.user_attrs["configuration"] for t in trials] == list(range(6))
+
+
+def test_a_paired_study_runs_every_schedule_at_each_sampled_value_set(tmp_path):
+    space = seeds_space(tmp_path, 4, schedules=["finetune", "base_cy"])
+    space = dataclasses.replace(space, paired=True)
+    searcher = sweep.make_searcher(space, tmp_path)
+    configs = [searcher.suggest(f"t{i}") for i in range(8)]  # 4 configurations x 2 seeds
+    first = configs[::2]
+    assert [c["schedule.name"] for c in first] == ["finetune", "base_cy"] * 2
+    assert (
+        first[0]["schedule.lr"]
+        == first[1]["schedule.lr"]
+        != first[2]["schedule.lr"]
+        == first[3]["schedule.lr"]
+    )
+
+
+def test_paired_needs_a_multiple_of_the_schedules():
+    data = yaml.safe_load(BASE.format(synthetic_dir="/tmp/x"))
+    data |= {"search": {"schedules": ["finetune", "base_cy"], "paired": True}, "tune": {"num_samples": 3}}
+    with pytest.raises(UserError, match=r"tune\.num_samples=3 must be a multiple of the 2 schedules"):
+        search_space.parse_search_space(data, "odd")
 
 
 def test_a_resumed_searcher_adopts_the_optuna_trials_its_snapshot_never_saw(tmp_path):
