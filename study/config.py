@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -171,7 +172,34 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
                 raise UserError(f"override {override!r}: {part!r} is not a section")
             node = child
         node[leaf] = value
+    if any(o.partition("=")[0] == "schedule.name" for o in overrides):
+        _drop_parameters_of_another_schedule(data, {o.partition("=")[0] for o in overrides})
     return data
+
+
+def _drop_parameters_of_another_schedule(data: dict[str, Any], overridden: set[str]) -> None:
+    """After ``--set schedule.name=X``: drop the file's schedule parameters that X lacks, with a notice.
+
+    Parameters given with ``--set`` are kept, so that a wrong one is still an error.
+    """
+    from schedules import schedule_class
+
+    schedule = data.get("schedule")
+    if not isinstance(schedule, dict):
+        return
+    try:
+        fields = {f.name for f in dataclasses.fields(schedule_class(schedule.get("name")))}
+    except (UserError, TypeError):
+        return  # an unknown schedule: validation names it
+    dropped = [k for k in schedule if k != "name" and k not in fields and f"schedule.{k}" not in overridden]
+    for key in dropped:
+        del schedule[key]
+    if dropped:
+        print(
+            f"note: schedule {schedule['name']!r} has no parameter {', '.join(dropped)}; "
+            "dropped from the config (set its own with --set schedule.KEY=VALUE)",
+            file=sys.stderr,
+        )
 
 
 def _deep_copy(value: Any) -> Any:

@@ -816,11 +816,11 @@ def _grad_plot(rows: pd.DataFrame, path: Path) -> Path:
 
 
 def _readable_log_ticks(ax: Any, LogLocator: Any, FuncFormatter: Any, NullFormatter: Any) -> None:
-    """Plain numbers at 1, 2 and 5 times the powers of ten when the axis spans less than a decade
+    """Plain numbers at 1, 2 and 5 times the powers of ten when the axis spans under three decades
     (otherwise at the powers alone), never matplotlib's crowded minor labels."""
     low, high = ax.get_ylim()
     plain = FuncFormatter(lambda value, _: f"{value:.3g}")
-    narrow = low > 0 and high / low < 10
+    narrow = low > 0 and high / low < 1000
     ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0) if narrow else (1.0,)))
     ax.yaxis.set_major_formatter(plain)
     ax.yaxis.set_minor_formatter(NullFormatter())

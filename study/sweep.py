@@ -989,6 +989,8 @@ def init_ray(address: str | None, scratch: Path) -> None:
     scratch.mkdir(parents=True, exist_ok=True)
     env_vars = {"PYTHONPATH": os.pathsep.join(dict.fromkeys(paths)), "TMPDIR": str(scratch)}
     runtime_env = {"env_vars": env_vars}
+    # Ray's token authentication stays on; its notice on every local start is noise for a local study.
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     if address:
         ray.init(address=address, runtime_env=runtime_env)
     else:

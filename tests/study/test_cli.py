@@ -109,3 +109,23 @@ def test_readme_plugin_example_runs_through_study_train(tmp_path, tiny_config):
     with open(out / "metrics.csv") as file:
         rows = list(csv.DictReader(file))
     assert [r["period"] for r in rows] == ["1", "2"] and rows[1]["val_mAP"]
+
+
+def test_switching_the_schedule_drops_the_files_parameters_the_new_one_lacks():
+    result = run("study.plan", "search_spaces/demo.yaml", "--set", "schedule.name=finetune")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == (
+        "note: schedule 'finetune' has no parameter periods, period_epochs; dropped from the config "
+        "(set its own with --set schedule.KEY=VALUE)\n"
+    )
+    assert result.stdout.startswith("schedule finetune: {'epochs': 40,")
+    # A parameter given on the command line is the user's: still refused when the schedule lacks it.
+    result = run(
+        "study.plan",
+        "search_spaces/demo.yaml",
+        "--set",
+        "schedule.name=finetune",
+        "--set",
+        "schedule.periods=2",
+    )
+    assert result.returncode == 2 and "schedule 'finetune' has no parameter 'periods'" in result.stderr

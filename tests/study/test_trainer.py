@@ -247,3 +247,29 @@ def test_cuda_runs_record_the_peak_gpu_memory(tiny_config, tmp_path):
     with open(tmp_path / "run" / "metrics.csv") as file:
         peaks = [float(row["peak_gpu_mib"]) for row in csv.DictReader(file)]
     assert all(peak > 0 for peak in peaks) and summary["peak_gpu_mib"] == max(peaks)
+
+
+def test_a_run_prints_one_line_per_epoch_with_its_eta(tiny_config, tmp_path, capsys):
+    config = tiny_config({"name": "finetune", "epochs": 2}, train={"progress": True})
+    trainer.train_run(config, tmp_path / "run")
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]
+    rows = _rows(tmp_path / "run")
+    assert len(lines) == 2
+    first, last = lines
+    assert first.startswith(f"epoch 1/2 (period 1): loss {float(rows[0]['loss']):.3f}, train acc ")
+    assert "; ETA " in first and "ETA" not in last  # nothing left after the last epoch
+    assert f"; val mAP {float(rows[1]['val_mAP']) * 100:.2f} %" in last  # evaluated at the period's end
+
+
+def test_epoch_lines_give_the_remaining_time_from_the_mean_epoch():
+    history = [{"seconds": 60.0}, {"seconds": 120.0}]
+    record = {
+        "epoch": 2,
+        "period": 1,
+        "loss": 1.0,
+        "accuracy": 0.5,
+        "images_per_second": 10.0,
+        "seconds": 120.0,
+    }
+    assert trainer.epoch_line(record, history, 82, "val").endswith("; ETA 2 h 00 min")  # 80 epochs x 90 s
+    assert trainer.epoch_line(record, history, 3, "val").endswith("; ETA 2 min")
