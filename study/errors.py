@@ -31,6 +31,16 @@ def unknown(kind: str, name: str, valid: Iterable[str]) -> UserError:
     return UserError(f"unknown {kind} {name!r}{closest(name, valid)}; valid: {', '.join(valid)}")
 
 
+def description(doc: str | None) -> str:
+    """A module docstring's first paragraph as ``--help`` text: on one line, without reST ``code`` marks.
+
+    >>> description("``python -m x``: does y.\n\nMore.")
+    'python -m x: does y.'
+    """
+    first = (doc or "").strip().split("\n\n")[0]
+    return " ".join(first.replace("``", "").split())
+
+
 def cli(main: F) -> F:
     """Wrap a CLI entry point so that a UserError becomes 'error: ...' on stderr and exit status 2."""
 

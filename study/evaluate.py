@@ -1,4 +1,4 @@
-"""Evaluate a re-identification model on query/gallery: features, distances, mAP/CMC/mINP; and the CLI.
+"""Evaluate a checkpoint on a data set's query and gallery: mAP, rank-1/5/10 and mINP (re-ranking optional).
 
 python -m study.evaluate runs/x/checkpoints/epoch-0040.pt --data ../shared/data/cuhk03
 python -m study.evaluate CKPT --data ROOT --rerank --show 0,5,9 --show-out ranks.png
@@ -19,7 +19,7 @@ from torch import nn
 from study.config import RunConfig, config_from_dict
 from study.data import ImageSet, Sample, decode_images, normalize, read_dataset
 from study.devices import autocast_dtype, uses_channels_last
-from study.errors import UserError, cli, unknown
+from study.errors import UserError, cli, description, unknown
 from study.metrics import METRICS, pairwise_distance, rank_metrics
 from study.models import build_model
 from study.reranking import k_reciprocal_rerank
@@ -261,7 +261,7 @@ def _ranked_row(
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The evaluation command line (see the module docstring)."""
-    parser = argparse.ArgumentParser(prog="python -m study.evaluate", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m study.evaluate", description=description(__doc__))
     parser.add_argument("checkpoint", help="a checkpoint written by training (checkpoints/epoch-NNNN.pt)")
     parser.add_argument("--data", required=True, help="data set root (query and gallery are evaluated)")
     parser.add_argument("--format", default="auto", help="data set format (default: auto)")

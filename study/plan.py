@@ -7,7 +7,7 @@ from typing import Any
 
 from schedules import GROUPS, Schedule, build_schedule
 from study.config import load_config
-from study.errors import cli
+from study.errors import cli, description
 from study.files import atomic_write_csv
 
 COLUMNS = ["epoch", "period", "group", "lr", "frozen", "reset"]
@@ -51,7 +51,7 @@ def format_plan(schedule: Schedule) -> str:
 
 @cli
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m study.plan", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m study.plan", description=description(__doc__))
     parser.add_argument("config", help="run config YAML")
     parser.add_argument(
         "--set",

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from study.config import read_yaml
-from study.errors import UserError, cli
+from study.errors import UserError, cli, description
 from study.files import atomic_write_text
 
 PLOTS = "plots"
@@ -1019,7 +1019,7 @@ def _quiet_warnings():
 
 @cli
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m study.report", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m study.report", description=description(__doc__))
     parser.add_argument("folders", nargs="+", metavar="DIR", help="a folder made by python -m study.sweep")
     parser.add_argument(
         "--final",

@@ -7,12 +7,12 @@ import json
 import sys
 
 from study.config import load_config
-from study.errors import cli
+from study.errors import cli, description
 
 
 @cli
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m study.train", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m study.train", description=description(__doc__))
     parser.add_argument("config", help="run config YAML (sections model, data, schedule, train)")
     parser.add_argument("--out", required=True, help="run folder: metrics.csv, summary.json, checkpoints/")
     parser.add_argument(

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+# The tests start Ray clusters of their own and must never log to W&B online, whatever the
+# environment says: `python -m pytest` passes as written.
+os.environ["RAY_AUTH_MODE"] = "disabled"
+os.environ["WANDB_MODE"] = "offline"
 
 from study.config import RunConfig, config_from_dict
 

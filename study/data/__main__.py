@@ -10,7 +10,7 @@ import argparse
 
 from study.data.datasets import FORMATS, SPLITS, ReIDDataset, check_query_gallery, read_dataset
 from study.data.images import verify_images
-from study.errors import cli
+from study.errors import cli, description
 
 
 def summary(dataset: ReIDDataset, detected: bool = False) -> str:
@@ -33,7 +33,7 @@ def summary(dataset: ReIDDataset, detected: bool = False) -> str:
 @cli
 def main(argv: list[str] | None = None) -> None:
     """Command line: read ROOT, verify that every image decodes, print the summary."""
-    parser = argparse.ArgumentParser(prog="python -m study.data", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m study.data", description=description(__doc__))
     parser.add_argument("root", help="data set folder, or a .csv manifest (path,pid,camid,split)")
     parser.add_argument("--format", default="auto", help=f"auto (default) or one of: {', '.join(FORMATS)}")
     args = parser.parse_args(argv)

@@ -396,9 +396,11 @@ def main(argv: list[str] | None = None) -> None:
         prog="python -m study.data.synthesize", description=__doc__.split("\n")[0]
     )
     parser.add_argument("out", type=Path, help="folder to create")
-    parser.add_argument("--identities", type=int, default=120)
-    parser.add_argument("--cameras", type=int, default=4)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--identities", type=int, default=120, help="identities to draw (default 120)")
+    parser.add_argument("--cameras", type=int, default=4, help="cameras per identity (default 4)")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="random seed: the same seed, the same images (default 0)"
+    )
     args = parser.parse_args(argv)
     out = synthesize(args.out, args.identities, args.cameras, args.seed)
     print(f"wrote {out}")

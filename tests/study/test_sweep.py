@@ -535,6 +535,17 @@ def test_wandb_offline_runs_hold_each_trials_config(study_dir):
         assert b"__trial_index__" not in log
 
 
+def test_a_trials_checkpoint_is_one_file_shared_with_tune(study_dir):
+    out, _ = study_dir
+    shared = 0
+    for row in _csv(out / "results.csv"):
+        for ours in (out / row["run_dir"] / "checkpoints").glob("epoch-*.pt"):
+            (tunes,) = (out / "tune" / row["trial_id"]).glob(f"checkpoint_*/{ours.name}")
+            assert ours.stat().st_ino == tunes.stat().st_ino  # a hard link: stored once
+            shared += 1
+    assert shared > 0
+
+
 def test_trial_folders_keep_one_checkpoint(study_dir):
     out, _ = study_dir
     for row in _csv(out / "results.csv"):
