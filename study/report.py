@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import importlib.util
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -790,7 +788,7 @@ def _line_plot(rows: pd.DataFrame, column: str, scale: float, label: str, path: 
 
 def _grad_plot(rows: pd.DataFrame, path: Path) -> Path:
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
+    from matplotlib.ticker import MaxNLocator
 
     columns = [c for c in rows.columns if c.startswith("grad_norm_")]
     fig, axes = plt.subplots(2, math.ceil(len(columns) / 2), figsize=(12, 6.5), squeeze=False)
@@ -803,7 +801,7 @@ def _grad_plot(rows: pd.DataFrame, path: Path) -> Path:
             ax.fill_between(stats.index, stats["min"], stats["max"], color=line.get_color(), alpha=0.15)
         _mark_periods(ax, rows)
         ax.set(title=column.removeprefix("grad_norm_"), xlabel="epoch", yscale="log")
-        _readable_log_ticks(ax, LogLocator, FuncFormatter, NullFormatter)
+        _readable_log_ticks(ax)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     for ax in axes.flat[len(columns) :]:
@@ -815,9 +813,11 @@ def _grad_plot(rows: pd.DataFrame, path: Path) -> Path:
     return _save(fig, path, rect=(0, 0.07, 1, 1))  # room for the figure's legend
 
 
-def _readable_log_ticks(ax: Any, LogLocator: Any, FuncFormatter: Any, NullFormatter: Any) -> None:
+def _readable_log_ticks(ax: Any) -> None:
     """Plain numbers at 1, 2 and 5 times the powers of ten when the axis spans under three decades
     (otherwise at the powers alone), never matplotlib's crowded minor labels."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
     low, high = ax.get_ylim()
     plain = FuncFormatter(lambda value, _: f"{value:.3g}")
     narrow = low > 0 and high / low < 1000
@@ -866,113 +866,6 @@ def _save(fig: Any, path: Path, rect: tuple[float, float, float, float] = (0, 0,
     return path
 
 
-# ----------------------------------------------------------------------------- --final
-
-
-def retrain_final(study: Study, seeds: list[int] | None = None, jobs: int = 1) -> list[dict[str, Any]]:
-    """Retrain the best configuration and the fine-tuning baseline on the test protocol, once per seed
-    (``seeds``, by default the study's), ``jobs`` runs at a time.
-
-    Runs go to DIR/final/LABEL/seed-N; finished ones are read back, interrupted ones resumed.
-
-    >>> retrain_final(load_study("runs/cuhk03_periods"), seeds=[0, 1, 2], jobs=3)
-    """
-    from schedules import build_schedule
-    from study.config import config_from_dict
-    from study.search_space import SCHEDULE_KEY, SEED_KEY, parse_search_space
-
-    best = study.best_per_schedule().dropna(subset=["mAP_mean"])
-    if best.empty:
-        raise UserError("no trial has been validated yet; nothing to retrain")
-    source = {k: v for k, v in study.saved.items() if k != "_name"}
-    space = parse_search_space(source, study.name)
-
-    def configuration(row: pd.Series) -> dict[str, Any]:
-        sampled = {SCHEDULE_KEY: row["schedule"]}
-        return sampled | {k: _cell(row[k]) for k in study.keys if not _missing(row[k])}
-
-    chosen = {"best": lambda seed: space.run_config(configuration(best.iloc[0]) | {SEED_KEY: seed})}
-    finetune = best[best["schedule"] == "finetune"]
-    if best.iloc[0]["schedule"] != "finetune" and not finetune.empty:
-        chosen["finetune"] = lambda seed: space.run_config(configuration(finetune.iloc[0]) | {SEED_KEY: seed})
-    elif best.iloc[0]["schedule"] != "finetune":
-        # The paper's baseline, one period with LR x0.1 half-way, for as many epochs as the best trains.
-        epochs = build_schedule(chosen["best"](0).schedule).total_epochs
-        baseline = space.base_for("finetune")
-        baseline["schedule"] |= {"epochs": epochs, "decay_every": "half"}
-        chosen["finetune"] = lambda seed: config_from_dict(
-            copy.deepcopy(baseline), [f"train.seed={seed}", "train.progress=false"]
-        )
-    runs, pending = [], []
-    for label, make_config in chosen.items():
-        for seed in seeds or space.seeds:
-            config = make_config(seed)
-            config.data.evaluate_on = "test"
-            config.train.progress = jobs == 1  # the bars of several processes would interleave
-            folder = study.folder / "final" / label / f"seed-{seed}"
-            runs.append({"label": label, "seed": seed, "folder": str(folder.relative_to(study.folder))})
-            if not (folder / "summary.json").exists():
-                pending.append((f"{label} ({config.schedule['name']}, seed {seed})", config, folder))
-    if jobs == 1:
-        for what, config, folder in pending:
-            print(f"retraining {what} on the test protocol into {folder}")
-            _train_final(config, folder, what)
-    else:
-        _train_in_processes(pending, jobs)
-    for run in runs:
-        run["summary"] = json.loads((study.folder / run["folder"] / "summary.json").read_text())
-    return runs
-
-
-def _train_final(config: Any, folder: Path, what: str) -> None:
-    from study.trainer import Diverged, train_run
-
-    try:
-        train_run(config, folder, resume=True)
-    except Diverged as error:  # a result, not a failure: the table shows it, summary.json says so
-        print(f"{what} diverged ({error}); it counts as no test mAP")
-
-
-def threads_per_job(jobs: int) -> int:
-    """The torch CPU threads of each of ``jobs`` runs at once: an equal share of this process's cores.
-
-    >>> threads_per_job(3)  # 5 on a 16-core machine, 1 on a 2-core one
-    """
-    import os
-
-    return max(1, len(os.sched_getaffinity(0)) // jobs)
-
-
-def _train_in_processes(pending: list[tuple[str, Any, Path]], jobs: int) -> None:
-    """Train ``jobs`` runs at a time, each in its own process with its share of the cores (and, on a
-    machine of several GPUs, the GPUs in turn); the first failure is raised once the others end."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
-    import torch
-
-    gpus = torch.cuda.device_count()
-    # spawn, not fork: a forked child cannot use CUDA, and torch's thread pools do not survive a fork.
-    context = multiprocessing.get_context("spawn")
-    threads = threads_per_job(jobs)
-    with ProcessPoolExecutor(jobs, context, initializer=torch.set_num_threads, initargs=(threads,)) as pool:
-        submitted = {}
-        for index, (what, config, folder) in enumerate(pending):
-            if gpus > 1 and config.train.device in ("auto", "cuda"):
-                config.train.device = f"cuda:{index % gpus}"
-            print(f"retraining {what} on the test protocol into {folder} ({jobs} at a time)")
-            submitted[pool.submit(_train_final, config, folder, what)] = what
-        failures = []
-        for future in as_completed(submitted):
-            error = future.exception()
-            if error is None:
-                print(f"done: {submitted[future]}")
-            else:
-                failures.append(error)
-    if failures:
-        raise failures[0]
-
-
 # ----------------------------------------------------------------------------- formatting
 
 
@@ -997,15 +890,6 @@ def _missing(value: Any) -> bool:
 
 def _value(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-def _cell(value: Any) -> Any:
-    """A results.csv value as the type the config wants: whole floats that pandas made of ints become ints."""
-    if hasattr(value, "item"):
-        value = value.item()
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value
 
 
 @contextlib.contextmanager
@@ -1050,6 +934,8 @@ def main(argv: list[str] | None = None) -> None:
         if args.final and study.prefix == "test":
             print(f"{study.folder} was evaluated on the test protocol already: --final retrains nothing")
         elif args.final:
+            from study.final import retrain_final  # trains models: the report itself only reads
+
             final = retrain_final(study, args.seeds, args.jobs or 1)
         reports.append((study, final))
     if args.out is None:

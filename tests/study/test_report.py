@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from study import report
+from study import final, report
 from study.files import atomic_write_csv
 
 # (trial id, schedule, schedule.lr, seed, status, best val mAP, best rank-1, val mAP by epoch)
@@ -290,9 +290,9 @@ def test_final_with_jobs_trains_in_other_processes_as_it_would_here(tmp_path, sy
     write_study(tmp_path / "processes", synthetic_dir)
     # A run's numbers depend on its torch threads: train here with those of each of 2 processes.
     threads = torch.get_num_threads()
-    torch.set_num_threads(report.threads_per_job(2))
+    torch.set_num_threads(final.threads_per_job(2))
     try:
-        here = report.retrain_final(report.load_study(tmp_path / "here"), seeds=[0])
+        here = final.retrain_final(report.load_study(tmp_path / "here"), seeds=[0])
     finally:
         torch.set_num_threads(threads)
 
@@ -300,7 +300,7 @@ def test_final_with_jobs_trains_in_other_processes_as_it_would_here(tmp_path, sy
         raise AssertionError("--jobs 2 trained a run in the report's own process")
 
     monkeypatch.setattr("study.trainer.train_run", in_this_process)  # a spawned process imports its own
-    processes = report.retrain_final(report.load_study(tmp_path / "processes"), seeds=[0], jobs=2)
+    processes = final.retrain_final(report.load_study(tmp_path / "processes"), seeds=[0], jobs=2)
     assert [(run["label"], run["seed"]) for run in processes] == [("best", 0), ("finetune", 0)]
     for alone, shared in zip(here, processes, strict=True):
         assert shared["summary"]["status"] == "finished" and shared["summary"]["epochs"] == 2
@@ -328,7 +328,7 @@ def test_final_fine_tunes_for_the_best_budget_when_the_study_has_no_finetune(tmp
     write_study(tmp_path, synthetic_dir)
     study = report.load_study(tmp_path)
     study.results = study.results[study.results["schedule"] != "finetune"]
-    runs = report.retrain_final(study, seeds=[0])
+    runs = final.retrain_final(study, seeds=[0])
     assert [(run["label"], run["seed"]) for run in runs] == [("best", 0), ("finetune", 0)]
     baseline = runs[1]["summary"]["config"]["schedule"]
     # incremental_rollback's 2 periods x 1 epoch: 2 epochs, LR x0.1 half-way as in the paper's baseline
