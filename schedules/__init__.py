@@ -23,7 +23,7 @@ from schedules.core import (
 from schedules.registry import build_schedule, register, registered, schedule_class
 
 # Importing the families registers the built-in schedules.
-from schedules import paper, beyond  # noqa: F401  isort: skip
+from schedules import paper, beyond, literature  # noqa: F401  isort: skip
 
 __all__ = [
     "BLOCKS",

@@ -22,6 +22,11 @@ SHORT = {
     "later_layer_forgetting": {"period_epochs": 1, "periods": 2, "forget_from": "B4"},
     "shrink_perturb": {"period_epochs": 1, "periods": 2},
     "cosine_restarts": {"period_epochs": 1, "periods": 2},
+    "lp_ft": {"probe_epochs": 1, "epochs": 1},
+    "layer_lr_decay": {"epochs": 2},
+    "gradual_unfreeze": {"unfreeze_epochs": 1, "epochs": 1},
+    "surgical": {"blocks": ["B2"], "epochs": 2},
+    "rifle": {"period_epochs": 1, "periods": 2},
 }
 
 
