@@ -36,12 +36,14 @@ def extract_features(
     flip: bool = True,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
+    progress: str | None = None,
 ) -> torch.Tensor:
     """L2-normalised float32 features [N, D] on ``device`` of uint8 images [N, 3, H, W].
 
     The feature is ``model.features(img)``, plus that of the mirrored image when ``flip``. The model
     runs in eval mode and every submodule's train/eval mode is restored afterwards. ``device``
-    defaults to the model's; ``dtype`` (e.g. torch.bfloat16) turns on autocast.
+    defaults to the model's; ``dtype`` (e.g. torch.bfloat16) turns on autocast; ``progress`` names
+    a progress bar to show.
 
     >>> features = extract_features(model, query.images, batch_size=128, dtype=torch.bfloat16)
     """
@@ -56,7 +58,12 @@ def extract_features(
     model.eval()
     try:
         out = None
-        for start in range(0, len(images), batch_size):
+        starts = range(0, len(images), batch_size)
+        if progress:
+            from tqdm import tqdm
+
+            starts = tqdm(starts, desc=progress, unit="batch", leave=False, dynamic_ncols=True)
+        for start in starts:
             batch = normalize(images[start : start + batch_size].to(device, non_blocking=True))
             if channels_last:
                 batch = batch.contiguous(memory_format=torch.channels_last)
@@ -84,13 +91,18 @@ def query_gallery_distance(
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
     rerank: bool = False,
+    progress: bool = False,
 ) -> torch.Tensor:
     """Query-gallery distances [Q, G] of the model's features, k-reciprocal re-ranked when ``rerank``."""
     if distance not in METRICS:
         raise unknown("distance", distance, METRICS)
     options = {"batch_size": batch_size, "flip": flip, "device": device, "dtype": dtype}
-    q_features = extract_features(model, query.images, **options)
-    g_features = extract_features(model, gallery.images, **options)
+    q_features = extract_features(
+        model, query.images, **options, progress="query features" if progress else None
+    )
+    g_features = extract_features(
+        model, gallery.images, **options, progress="gallery features" if progress else None
+    )
     dist = pairwise_distance(q_features, g_features, distance)
     if not rerank:
         return dist
@@ -296,6 +308,11 @@ def main(argv: list[str] | None = None) -> None:
     show = _parse_show(args.show, len(dataset.query))
     if show and not Path(args.show_out).resolve().parent.is_dir():
         raise UserError(f"--show-out {args.show_out!r}: its folder does not exist")
+    print(
+        f"decoding {len(dataset.query)} query and {len(dataset.gallery)} gallery images at "
+        f"{config.data.height}x{config.data.width}",
+        flush=True,
+    )
     query, gallery = (
         _image_set(s, config.data.height, config.data.width) for s in (dataset.query, dataset.gallery)
     )
@@ -309,6 +326,7 @@ def main(argv: list[str] | None = None) -> None:
         device=device,
         dtype=autocast_dtype(device, config.train.precision, config.model.backbone),
         rerank=args.rerank,
+        progress=True,
     )
     metrics = rank_metrics(dist, query.pids, gallery.pids, query.camids, gallery.camids, max_rank=10)
     name = f"{Path(dataset.root).name} ({dataset.name})"

@@ -928,6 +928,8 @@ def main(argv: list[str] | None = None) -> None:
     if len(args.folders) > 1 and args.out is None:
         raise UserError("several study folders make one report: name its file with --out FILE")
     studies = [load_study(folder) for folder in args.folders]
+    for study in studies:
+        print(f"{study.folder}: {len(study.results)} trials, {len(study.epochs)} epoch rows", flush=True)
     reports = []
     for study in studies:
         final = None

@@ -320,6 +320,7 @@ def test_cli_prints_the_metrics_of_evaluate(tiny_run, capsys):
     assert got["rank-1"] == pytest.approx(100 * expected["rank1"], abs=0.006)
     assert got["mINP"] == pytest.approx(100 * expected["mINP"], abs=0.006)
     assert "3 query, 7 gallery images" in out
+    assert out.startswith("decoding 3 query and 7 gallery images at ")  # said before the slow part
 
 
 def test_cli_rerank_and_ranked_list_picture(tiny_run, capsys):
