@@ -709,7 +709,9 @@ def boundary_gradient_table(study: Study) -> list[str]:
     ]
     for schedule in order:
         rows = table[table["schedule"] == schedule]
-        means = rows[columns].apply(lambda r: float(np.exp(np.log(r.dropna()).mean())))
+        from scipy.stats import gmean
+
+        means = rows[columns].apply(lambda r: float(gmean(r.dropna())) if r.notna().any() else math.nan)
         cells = " | ".join("–" if math.isnan(means[c]) else f"{means[c]:.2f}×" for c in columns)
         lines.append(f"| {schedule} | {len(rows)} | {cells} |")
     return lines
