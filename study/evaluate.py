@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import io
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +20,21 @@ from torch import nn
 from study.config import RunConfig, config_from_dict
 from study.data import ImageSet, Sample, decode_images, normalize, read_dataset
 from study.errors import UserError, cli, unknown
+from study.files import atomic_write_bytes, check_output_file
 from study.metrics import METRICS, pairwise_distance, rank_metrics
 from study.models import build_model
 from study.reranking import k_reciprocal_rerank
 
 TOP_SHOWN = 10
+# File name endings --show-out accepts, and the image format each is written in.
+SHOW_SUFFIXES = {
+    ".png": "PNG",
+    ".jpg": "JPEG",
+    ".jpeg": "JPEG",
+    ".bmp": "BMP",
+    ".tif": "TIFF",
+    ".tiff": "TIFF",
+}
 
 
 @torch.no_grad()
@@ -262,7 +273,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--show", help="comma-separated query indices to draw ranked lists for")
     parser.add_argument(
-        "--show-out", default="ranking.png", help="PNG file for --show (default: ranking.png)"
+        "--show-out",
+        default="ranking.png",
+        help="picture for --show: .png, .jpg, .bmp or .tif (default: ranking.png)",
     )
     parser.add_argument(
         "--batch-size", type=int, help="images per batch (default: the run's eval_batch_size)"
@@ -275,6 +288,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     """Evaluate a checkpoint on a data set's query/gallery and print mAP, rank-1/5/10 and mINP."""
     args = parse_args(argv)
+    if args.show is not None:  # before anything is loaded: a bad file name must not cost an evaluation
+        check_output_file(args.show_out, "--show-out", SHOW_SUFFIXES)
     config, state = load_checkpoint(args.checkpoint)
     device = _resolve_device(args.device)
     batch_size = args.batch_size if args.batch_size is not None else config.train.eval_batch_size
@@ -284,8 +299,6 @@ def main(argv: list[str] | None = None) -> None:
 
     dataset = read_dataset(args.data, args.format)
     show = _parse_show(args.show, len(dataset.query))
-    if show and not Path(args.show_out).resolve().parent.is_dir():
-        raise UserError(f"--show-out {args.show_out!r}: its folder does not exist")
     query, gallery = (
         _image_set(s, config.data.height, config.data.width) for s in (dataset.query, dataset.gallery)
     )
@@ -304,7 +317,11 @@ def main(argv: list[str] | None = None) -> None:
     name = f"{Path(dataset.root).name} ({dataset.name})"
     print(_report(summarize(metrics), name, len(query), len(gallery), args.rerank))
     if show:
-        ranking_grid(query, gallery, dist, show).save(args.show_out)
+        picture = io.BytesIO()
+        ranking_grid(query, gallery, dist, show).save(
+            picture, format=SHOW_SUFFIXES[Path(args.show_out).suffix.lower()]
+        )
+        atomic_write_bytes(args.show_out, picture.getvalue())
         print(f"ranked lists of queries {','.join(map(str, show))} written to {args.show_out}")
 
 

@@ -50,7 +50,7 @@ import yaml
 
 from study.config import RunConfig, config_from_dict, read_yaml
 from study.errors import UserError, cli
-from study.files import atomic_write_csv, atomic_write_text
+from study.files import atomic_write_csv, atomic_write_text, check_output_folder
 from study.search_space import (
     SCHEDULE_KEY,
     SEED_KEY,
@@ -677,6 +677,7 @@ def main(argv: list[str] | None = None) -> None:
     mode = wandb_mode(base.wandb.mode)
     check_installed(mode)
     out = Path(args.out or Path("runs") / space.name).resolve()
+    check_output_folder(out)
     restore = check_study_dir(out, space, args.resume)
     check_data(base)
     if mode == "offline" and base.wandb.mode == "auto":

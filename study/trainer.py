@@ -25,7 +25,13 @@ from schedules import GROUPS, EpochPlan, Reset, build_schedule
 from study.config import RunConfig, config_from_dict
 from study.data import ImageSet, ReIDData, load_data, normalize, random_hflip
 from study.errors import UserError
-from study.files import atomic_torch_save, atomic_write_csv, atomic_write_json, atomic_write_text
+from study.files import (
+    atomic_torch_save,
+    atomic_write_csv,
+    atomic_write_json,
+    atomic_write_text,
+    check_output_folder,
+)
 from study.models import ReIDNet, build_model, group_state, snapshot
 
 EpochCallback = Callable[[dict[str, Any], Path | None], None]
@@ -49,6 +55,7 @@ def train_run(
     """
     out_dir = Path(out_dir)
     plan = build_schedule(config.schedule).plan()
+    check_output_folder(out_dir)
     checkpoint = _checkpoint_to_resume(out_dir, config, resume)
     device = _device(config.train.device)
     data = load_data(config.data)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -125,3 +126,131 @@ def test_bad_input_leaves_an_existing_run_untouched(config_file, tmp_path, tiny_
     assert result.returncode == 2 and "already holds a run; pass --resume" in result.stderr
     assert (out / "metrics.csv").read_text() == "epoch\n1\n"
     assert os.listdir(out) == ["metrics.csv"]
+
+
+# ----------------------------------------------------------------------------- where results go
+
+
+def run_cli(module: str, *args: object, env: dict | None = None) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", module, *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env)
+
+
+def assert_one_line(result: subprocess.CompletedProcess, *messages: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+    for message in messages:
+        assert message in result.stderr, result.stderr
+
+
+def a_file(tmp_path: Path) -> Path:
+    path = tmp_path / "a_file"
+    path.write_text("keep me\n")
+    return path
+
+
+def assert_nothing_created(tmp_path: Path, *kept: str) -> None:
+    """tmp_path holds what the test put there (``kept``, and a_file unchanged), nothing else."""
+    if (tmp_path / "a_file").exists():
+        assert (tmp_path / "a_file").read_text() == "keep me\n"
+        kept = (*kept, "a_file")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept)
+
+
+# Bad result folders, made from tmp_path, and their messages. /sys refuses new files even to root,
+# for whom permission bits (chmod 0o555) stop nothing.
+BAD_FOLDERS = {
+    "existing-file": (a_file, "is a file, not a folder"),
+    "under-a-file": (lambda tmp: a_file(tmp) / "run", "is a file; choose another --out"),
+    "unwritable": (lambda tmp: Path("/sys/rollback-study-run"), "cannot write into '/sys'"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_FOLDERS)
+def test_train_out_that_cannot_be_a_folder_is_refused_before_the_data_loads(config_file, tmp_path, case):
+    make, message = BAD_FOLDERS[case]
+    out = make(tmp_path)
+    # The data set root does not exist: had the data been read first, that would be the error.
+    result = train(config_file, out, "data.root=/nonexistent/market")
+    assert_one_line(result, f"--out {str(out)!r}", message)
+    assert_nothing_created(tmp_path, "config.yaml")
+
+
+@pytest.fixture
+def space_file(tmp_path, synthetic_dir) -> Path:
+    """A tiny search space: one configuration of one seed, W&B disabled."""
+    path = tmp_path / "space.yaml"
+    data = {
+        "model": {"backbone": "mobilenet_v2", "weights": "packaged"},
+        "data": {
+            "root": "synthetic",
+            "synthetic_dir": synthetic_dir,
+            "synthetic": {"identities": 32, "cameras": 3, "seed": 0},
+            "height": 64,
+            "width": 32,
+            "val_identities": 6,
+        },
+        "train": {"batch_size": 16, "eval_batch_size": 64},
+        "schedule": {"name": "finetune", "epochs": 1},
+        "wandb": {"mode": "disabled"},
+        "tune": {"num_samples": 1, "resources": {"cpu": 1, "gpu": 0}},
+    }
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def sweep(space: Path, out: Path, *args: str) -> subprocess.CompletedProcess:
+    """``python -m study.sweep`` joining no Ray of this machine: no RAY_ADDRESS, a Ray folder of its own."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "WANDB_"))}
+    ray_tmp = Path(f"/tmp/ray-bad-input-{os.getpid()}")  # short: Ray's socket paths are limited
+    env |= {"RAY_TMPDIR": str(ray_tmp), "RAY_AUTH_MODE": "disabled", "WANDB_MODE": "disabled"}
+    try:
+        return run_cli("study.sweep", space, "--out", out, *args, env=env)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+@pytest.mark.parametrize("case", BAD_FOLDERS)
+def test_sweep_out_that_cannot_be_a_folder_is_refused(space_file, tmp_path, case):
+    make, message = BAD_FOLDERS[case]
+    out = make(tmp_path)
+    assert_one_line(sweep(space_file, out), f"--out {str(out)!r}", message)
+    assert_nothing_created(tmp_path, "space.yaml")
+
+
+BAD_FILES = {
+    "a-folder": (lambda tmp: tmp, "is a folder; give a file name"),
+    "under-a-file": (lambda tmp: a_file(tmp) / "x.png", "is a file; choose another"),
+    "unwritable": (lambda tmp: Path("/sys/rollback-study.png"), "cannot write into '/sys'"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_FILES)
+def test_evaluate_show_out_is_checked_before_the_checkpoint_loads(tmp_path, case):
+    make, message = BAD_FILES[case]
+    picture = make(tmp_path)
+    missing = tmp_path / "missing.pt"  # had the checkpoint been read first, that would be the error
+    result = run_cli("study.evaluate", missing, "--data", tmp_path, "--show", "0", "--show-out", picture)
+    assert_one_line(result, f"--show-out {str(picture)!r}", message)
+    assert_nothing_created(tmp_path)
+
+
+@pytest.mark.parametrize("name", ["ranks", "ranks.txt", "ranks.pdf"])
+def test_evaluate_show_out_needs_an_image_extension(tmp_path, name):
+    picture = tmp_path / name
+    result = run_cli(
+        "study.evaluate", tmp_path / "missing.pt", "--data", tmp_path, "--show", "0", "--show-out", picture
+    )
+    assert_one_line(
+        result, f"--show-out {str(picture)!r} needs a file name ending in .png, .jpg, .jpeg, .bmp"
+    )
+
+
+@pytest.mark.parametrize("case", BAD_FILES)
+def test_plan_csv_is_checked_before_the_plan_is_printed(config_file, tmp_path, case):
+    make, message = BAD_FILES[case]
+    target = make(tmp_path)
+    result = run_cli("study.plan", config_file, "--csv", target)
+    assert_one_line(result, f"--csv {str(target)!r}", message)
+    assert result.stdout == ""
+    assert_nothing_created(tmp_path, "config.yaml")
