@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -203,8 +205,27 @@ def _describe(hint: Any) -> str:
     return names.get(hint, getattr(hint, "__name__", str(hint)))
 
 
+# Integers fit int64 (tensors, torch); a seed (a key named *seed) fits what numpy and torch accept.
+INT_MIN, INT_MAX = -(2**63), 2**63 - 1
+SEED_MAX = 2**32 - 1
+
+
+def check_seed(value: int, where: str) -> None:
+    """Refuse a seed outside 0..SEED_MAX (numpy's RandomState takes no other; torch takes them all).
+
+    >>> check_seed(2**40, "train.seed")  # UserError: train.seed must be between 0 and 4294967295
+    """
+    if not 0 <= value <= SEED_MAX:
+        raise UserError(
+            f"{where} must be between 0 and {SEED_MAX} (a seed numpy and torch accept), got {value}"
+        )
+
+
 def convert_value(hint: Any, value: Any, where: str) -> Any:
-    """Check ``value`` against the type ``hint`` (int, float, bool, str, list, dict, Literal, Optional)."""
+    """Check ``value`` against the type ``hint`` (int, float, bool, str, list, dict, Literal, Optional).
+
+    Numbers are finite; integers fit int64, and those of keys named ``*seed`` are 0..SEED_MAX.
+    """
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, f"{where}.")
     origin = typing.get_origin(hint)
@@ -238,10 +259,16 @@ def convert_value(hint: Any, value: Any, where: str) -> Any:
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise UserError(f"{where} must be an integer, got {value!r}")
+        if where.rpartition(".")[2].endswith("seed"):
+            check_seed(value, where)
+        elif not INT_MIN <= value <= INT_MAX:
+            raise UserError(f"{where} must be an integer between {INT_MIN} and {INT_MAX}, got {value}")
         return value
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise UserError(f"{where} must be a number, got {value!r}")
+        if abs(value) > sys.float_info.max or not math.isfinite(value):  # nan, inf, or an int too large
+            raise UserError(f"{where} must be a finite number, got {value!r}")
         return float(value)
     if hint is str:
         if not isinstance(value, str | int | float) or isinstance(value, bool):

@@ -254,3 +254,67 @@ def test_plan_csv_is_checked_before_the_plan_is_printed(config_file, tmp_path, c
     assert_one_line(result, f"--csv {str(target)!r}", message)
     assert result.stdout == ""
     assert_nothing_created(tmp_path, "config.yaml")
+
+
+# ----------------------------------------------------------------------------- numbers
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.weight_decay=.nan", "train.weight_decay must be a finite number, got nan"),
+        ("train.momentum=.inf", "train.momentum must be a finite number, got inf"),
+        ("data.val_identities=.nan", "data.val_identities must be a finite number, got nan"),
+        ("model.dropout=-.inf", "model.dropout must be a finite number, got -inf"),
+        ("schedule.lr=.inf", "schedule.lr must be a finite number, got inf"),
+        ("schedule.gamma=.nan", "schedule.gamma must be a finite number, got nan"),
+        ("schedule.head_lr=1" + "0" * 400, "schedule.head_lr must be a finite number"),
+        ("train.seed=99999999999999999999", "train.seed must be between 0 and 4294967295"),
+        ("train.seed=-1", "train.seed must be between 0 and 4294967295"),
+        ("data.split_seed=4294967296", "data.split_seed must be between 0 and 4294967295"),
+        ("train.batch_size=99999999999999999999", "train.batch_size must be an integer between"),
+        ("schedule.epochs=99999999999999999999", "schedule.epochs must be an integer between"),
+    ],
+)
+def test_numbers_must_be_finite_and_fit(config_file, override, message):
+    from schedules import build_schedule
+    from study.config import load_config
+
+    with pytest.raises(UserError) as error:
+        build_schedule(load_config(config_file, [override]).schedule)  # as study.train and study.plan do
+    assert message in str(error.value)
+
+
+def test_the_largest_seed_is_one_numpy_and_torch_accept_everywhere_the_trainer_uses_it():
+    import numpy as np
+
+    from study.config import SEED_MAX
+
+    np.random.RandomState(SEED_MAX)
+    with pytest.raises(ValueError):
+        np.random.RandomState(SEED_MAX + 1)  # why the bound is 2**32 - 1
+    torch.Generator().manual_seed(SEED_MAX)  # train.seed (trainer._seed_everything)
+    torch.Generator().manual_seed(SEED_MAX * 100_003 + 10_000)  # batch order of epoch 10000
+    torch.Generator().manual_seed(SEED_MAX * 1000 + 1000)  # re-initialisation in period 1000
+
+
+def test_a_nan_setting_is_one_line_from_the_cli(config_file, tmp_path):
+    result = train(config_file, tmp_path / "run", "train.weight_decay=.nan")
+    assert_user_error(result, "train.weight_decay must be a finite number, got nan", tmp_path / "run")
+
+
+@pytest.mark.parametrize(
+    "section, message",
+    [
+        ({"tune": {"seed": 2**32}}, "tune.seed must be between 0 and 4294967295"),
+        ({"search": {"seeds": [0, 2**40]}}, "search.seeds must be between 0 and 4294967295"),
+        ({"search": {"params": {"train.weight_decay": {"choice": [0.0, float("nan")]}}}}, "finite number"),
+        ({"search": {"params": {"train.batch_size": {"int": [1, 2**70]}}}}, "must be an integer between"),
+    ],
+)
+def test_search_space_numbers_must_be_finite_and_fit(tiny_config, section, message):
+    from study.search_space import parse_search_space
+
+    data = {**tiny_config({"name": "finetune", "epochs": 1}).to_dict(), **section}
+    with pytest.raises(UserError, match=message):
+        parse_search_space(data, "bad")
