@@ -318,3 +318,70 @@ def test_search_space_numbers_must_be_finite_and_fit(tiny_config, section, messa
     data = {**tiny_config({"name": "finetune", "epochs": 1}).to_dict(), **section}
     with pytest.raises(UserError, match=message):
         parse_search_space(data, "bad")
+
+
+# ----------------------------------------------------------------------------- YAML files
+
+
+@pytest.mark.parametrize("text", ["", "\n", "# nothing but a comment\n"])
+def test_an_empty_config_is_refused(tmp_path, text):
+    path = tmp_path / "empty.yaml"
+    path.write_text(text)
+    assert_user_error(train(path, tmp_path / "run"), f"config {str(path)!r} is empty", tmp_path / "run")
+
+
+def alias_bomb(levels: int, width: int) -> str:
+    """Billion laughs: each level lists the previous one ``width`` times, under a valid key."""
+    lines = [f"l0: &l0 [{', '.join(['lol'] * width)}]"]
+    for level in range(1, levels):
+        lines.append(f"l{level}: &l{level} [{', '.join([f'*l{level - 1}'] * width)}]")
+    return "x:\n" + "".join(f"  {line}\n" for line in lines) + f"wandb:\n  tags: *l{levels - 1}\n"
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        # 10**6 values: loaded and copied, it would pass as wandb.tags; 9**9, it would take minutes.
+        (alias_bomb(6, 10), "expands to over 100000 values"),
+        (alias_bomb(9, 9), "expands to over 100000 values"),
+        ("wandb:\n  tags: &a [*a]\n", "recursive alias"),
+    ],
+    ids=["million", "billion", "recursive"],
+)
+def test_a_yaml_alias_bomb_is_refused_before_it_expands(tmp_path, text, message):
+    from study.config import load_config
+
+    path = tmp_path / "bomb.yaml"
+    path.write_text(text)
+    with pytest.raises(UserError, match=message):
+        load_config(path)
+
+
+def test_an_alias_bomb_in_an_override_is_kept_as_text(config_file):
+    from study.config import load_config
+
+    levels = ["&l0 [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]"] + [
+        f"&l{n} [{', '.join([f'*l{n - 1}'] * 10)}]" for n in range(1, 6)
+    ]
+    with pytest.raises(UserError, match=r"wandb.tags must be a list, got '\[&l0"):
+        load_config(config_file, [f"wandb.tags=[{', '.join(levels)}]"])
+
+
+def test_an_oversized_config_is_refused(tmp_path):
+    from study.config import load_config
+
+    path = tmp_path / "big.yaml"
+    path.write_text("wandb:\n  tags:\n" + "  - a\n" * 300_000)
+    with pytest.raises(UserError, match=r"big.yaml' is 1.7 MiB; a config or search space is at most 1 MiB"):
+        load_config(path)
+
+
+def test_yaml_aliases_within_bounds_still_work(tmp_path):
+    from study.config import load_config
+
+    path = tmp_path / "aliases.yaml"
+    path.write_text("wandb:\n  tags: &tags [a, b]\nx: *tags\n")
+    with pytest.raises(UserError, match="unknown config section 'x'"):  # read, then validated
+        load_config(path)
+    path.write_text("schedule: &s {name: finetune, epochs: 1}\n")
+    assert load_config(path).schedule == {"name": "finetune", "epochs": 1}
