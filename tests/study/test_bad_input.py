@@ -385,3 +385,64 @@ def test_yaml_aliases_within_bounds_still_work(tmp_path):
         load_config(path)
     path.write_text("schedule: &s {name: finetune, epochs: 1}\n")
     assert load_config(path).schedule == {"name": "finetune", "epochs": 1}
+
+
+# ----------------------------------------------------------------------------- manifests
+
+HEADER = b"path,pid,camid,split\n"
+
+
+@pytest.mark.parametrize(
+    "rows, message",
+    [
+        (b"a.jpg,1,1,train\nb\xff.jpg,1,2,train\n", r"is not UTF-8 text: byte 0xff on line 3"),
+        (
+            b"a.jpg,1,1,train\nb.jpg,1,2,train\n./a.jpg,2,2,train\n",
+            r"set.csv:4: './a.jpg' is listed with identity 2 here and identity 1 on line 2",
+        ),
+        (
+            b"a.jpg,1,1,query\nc.jpg,1,2,gallery\na.jpg,2,1,gallery\n",
+            r"set.csv:4: 'a.jpg' is listed with identity 2 here and identity 1 on line 2",
+        ),
+        (
+            b"a.jpg,1,1,train\nb.jpg,2,1,query\nc.jpg,2,2,gallery\na.jpg,1,2,gallery\n",
+            r"set.csv:5: 'a.jpg' is listed in train and gallery \(line 2\)",
+        ),
+        (
+            b"b.jpg,2,1,query\na.jpg,1,1,train\nc.jpg,2,2,gallery\nb.jpg,2,1,train\n",
+            r"set.csv:5: 'b.jpg' is listed in train and query \(line 2\)",
+        ),
+    ],
+    ids=[
+        "not-utf8",
+        "two-identities-in-train",
+        "two-identities-in-test",
+        "train-in-gallery",
+        "query-in-train",
+    ],
+)
+def test_bad_manifest(tmp_path, rows, message):
+    from study.data import read_dataset
+
+    manifest = tmp_path / "set.csv"
+    manifest.write_bytes(HEADER + rows)
+    with pytest.raises(UserError, match=message):
+        read_dataset(manifest)
+
+
+def test_a_manifest_may_list_an_image_in_query_and_gallery_and_start_with_a_bom(tmp_path):
+    from study.data import read_dataset
+
+    manifest = tmp_path / "set.csv"
+    manifest.write_bytes(b"\xef\xbb\xbf" + HEADER + b"a.jpg,1,1,train\nb.jpg,2,1,query\nb.jpg,2,1,gallery\n")
+    data = read_dataset(manifest)
+    assert [s.pid for s in data.query] == [2] and [s.pid for s in data.gallery] == [2]
+
+
+def test_a_bad_manifest_is_one_line_from_the_cli(config_file, tmp_path):
+    manifest = tmp_path / "set.csv"
+    manifest.write_bytes(HEADER + b"a.jpg,1,1,train\na.jpg,2,1,train\n")
+    result = train(config_file, tmp_path / "run", f"data.root={manifest}")
+    assert_user_error(
+        result, "'a.jpg' is listed with identity 2 here and identity 1 on line 2", tmp_path / "run"
+    )
