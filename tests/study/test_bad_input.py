@@ -446,3 +446,96 @@ def test_a_bad_manifest_is_one_line_from_the_cli(config_file, tmp_path):
     assert_user_error(
         result, "'a.jpg' is listed with identity 2 here and identity 1 on line 2", tmp_path / "run"
     )
+
+
+# ----------------------------------------------------------------------------- Ray
+
+
+@pytest.mark.parametrize(
+    "address, message",
+    [
+        ("not-an-address", "--address 'not-an-address' is not a Ray address; use auto, HOST:PORT"),
+        ("10.0.0.5:port", "--address '10.0.0.5:port' is not a Ray address"),
+        ("http://10.0.0.5:8265", "--address 'http://10.0.0.5:8265' is not a Ray address"),
+    ],
+)
+def test_sweep_address_that_is_not_one(space_file, tmp_path, address, message):
+    result = sweep(space_file, tmp_path / "study", "--address", address)
+    assert_user_error(result, message, tmp_path / "study")
+
+
+def test_sweep_address_where_nothing_listens_is_refused_at_once(space_file, tmp_path):
+    import socket
+
+    with socket.socket() as bound:  # a port of ours that accepts no connection: refused at once
+        bound.bind(("127.0.0.1", 0))
+        port = bound.getsockname()[1]
+        result = sweep(space_file, tmp_path / "study", "--address", f"127.0.0.1:{port}")
+    assert_user_error(
+        result, f"no Ray cluster answers at 127.0.0.1:{port} (Connection refused", tmp_path / "study"
+    )
+
+
+def test_an_address_that_never_answers_is_given_up_after_a_few_seconds(monkeypatch):
+    import socket
+
+    import study.sweep as sweep_module
+
+    waited = []
+
+    def silent(address, timeout):
+        waited.append(timeout)
+        raise TimeoutError("timed out")
+
+    monkeypatch.setattr(socket, "create_connection", silent)
+    with pytest.raises(
+        UserError, match=r"no Ray cluster answers at ray://head:10001 \(no answer within 5 s\)"
+    ):
+        sweep_module.check_address("ray://head:10001")
+    with pytest.raises(UserError, match=r"RAY_ADDRESS"):
+        sweep_module.check_address("head:6379", "RAY_ADDRESS")
+    assert waited == [5.0, 5.0]
+
+
+def test_address_auto_without_a_cluster_is_one_line(monkeypatch):
+    import ray._private.services
+
+    import study.sweep as sweep_module
+
+    def nothing_runs(address):
+        raise ConnectionError("Could not find any running Ray instance.")
+
+    monkeypatch.setattr(ray._private.services, "canonicalize_bootstrap_address", nothing_runs)
+    with pytest.raises(UserError, match="--address auto: no Ray cluster runs on this machine"):
+        sweep_module.check_address("auto")
+    sweep_module.check_address("local")  # starts a Ray of the study's own: nothing to check
+    sweep_module.check_address(None)
+
+
+def test_resources_this_machine_lacks_are_refused_before_ray_starts(space_file, tmp_path):
+    result = sweep(space_file, tmp_path / "study", "--set", f"tune.resources.cpu={(os.cpu_count() or 1) + 1}")
+    assert_user_error(result, "per trial, but this Ray machine has", tmp_path / "study")
+    assert result.stdout == ""  # nor did the sweep describe a study it will not run
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["space.yaml"]
+
+
+def test_resources_a_cluster_lacks_leave_no_study_folder(space_file, tmp_path, monkeypatch, capsys):
+    """On a cluster the check needs Ray joined, after the study folder's scratch space is made."""
+    import study.sweep as sweep_module
+
+    def joined(address, scratch):
+        scratch.mkdir(parents=True)  # as init_ray does
+
+    import ray
+
+    monkeypatch.setattr(sweep_module, "check_ray", lambda address, tune: None)
+    monkeypatch.setattr(sweep_module, "init_ray", joined)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True, "Resources": {"CPU": 2.0}}])  # the cluster
+    monkeypatch.setattr(ray, "shutdown", lambda: None)
+    out = tmp_path / "study"
+    with pytest.raises(SystemExit) as exit_info:
+        sweep_module.main([str(space_file), "--out", str(out), "--set", "tune.resources.cpu=4"])
+    assert exit_info.value.code == 2
+    assert "tune.resources.cpu=4 per trial, but this Ray machine has 2 CPUs" in capsys.readouterr().err
+    assert not out.exists()
