@@ -51,7 +51,7 @@ import yaml
 
 from study.config import RunConfig, config_from_dict, read_yaml
 from study.errors import UserError, cli
-from study.files import atomic_write_csv, atomic_write_text, check_output_folder
+from study.files import atomic_write_csv, atomic_write_text, check_output_folder, remove_stale_temporaries
 from study.search_space import (
     SCHEDULE_KEY,
     SEED_KEY,
@@ -755,6 +755,7 @@ def main(argv: list[str] | None = None) -> None:
     restore = check_study_dir(out, space, args.resume)
     check_ray(args.address, space.tune)
     check_data(base)
+    remove_stale_temporaries(out)  # of result tables a kill interrupted
     if mode == "offline" and base.wandb.mode == "auto":
         print(f"W&B: no API key configured; logging offline to {out}/wandb (upload later with `wandb sync`)")
     print(describe(space))

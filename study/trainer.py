@@ -31,6 +31,7 @@ from study.files import (
     atomic_write_json,
     atomic_write_text,
     check_output_folder,
+    remove_stale_temporaries,
 )
 from study.models import ReIDNet, build_model, group_state, snapshot
 
@@ -69,6 +70,8 @@ def train_run(
     model = build_model(config.model, data.num_classes)
     # Only now, with the input known good, does the run folder appear.
     out_dir.mkdir(parents=True, exist_ok=True)
+    for folder in (out_dir, out_dir / "checkpoints"):  # what a kill inside a write left
+        remove_stale_temporaries(folder)
     atomic_write_text(out_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
     initial = snapshot(model)  # the pre-trained blocks and the initial head, restored bit for bit
     model.to(device)

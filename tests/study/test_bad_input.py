@@ -539,3 +539,76 @@ def test_resources_a_cluster_lacks_leave_no_study_folder(space_file, tmp_path, m
     assert exit_info.value.code == 2
     assert "tune.resources.cpu=4 per trial, but this Ray machine has 2 CPUs" in capsys.readouterr().err
     assert not out.exists()
+
+
+# ----------------------------------------------------------------------------- result files
+
+KILLED_INSIDE_A_WRITE = """
+import os, sys
+from study import files
+def killed(*args):  # between writing the temporary file and renaming it: as a kill -9 would
+    os.kill(os.getpid(), 9)
+files.os.replace = killed
+files.atomic_write_bytes(sys.argv[1], bytes(1_000_000))
+"""
+
+
+def write_and_get_killed(path: Path) -> Path:
+    """Leave what a kill inside an atomic write of ``path`` leaves: its temporary file."""
+    process = subprocess.run([sys.executable, "-c", KILLED_INSIDE_A_WRITE, str(path)], cwd=ROOT)
+    assert process.returncode == -9
+    (left,) = path.parent.glob(f".{path.name}.*.tmp")
+    return left
+
+
+def test_a_run_and_its_resume_remove_what_a_kill_inside_a_write_left(tmp_path, tiny_config):
+    from study.files import atomic_open
+    from study.trainer import train_run
+
+    config = tiny_config({"name": "finetune", "epochs": 1})
+    out = tmp_path / "run"
+    before_the_run = write_and_get_killed(out / "checkpoints" / "epoch-0001.pt")
+    train_run(config, out)
+    assert not before_the_run.exists()
+    checkpoint = write_and_get_killed(out / "checkpoints" / "epoch-0001.pt")
+    table = write_and_get_killed(out / "metrics.csv")
+    with atomic_open(out / "checkpoints" / "epoch-0002.pt") as file:  # a writer still running: kept
+        file.write(b"partial")
+        running = next((out / "checkpoints").glob(".epoch-0002.pt.*.tmp"))
+        train_run(config, out, resume=True)
+        assert not checkpoint.exists() and not table.exists() and running.exists()
+
+
+@pytest.fixture
+def jpeg_files(tmp_path) -> list[str]:
+    from PIL import Image
+
+    paths = [tmp_path / f"{n}.jpg" for n in range(2)]
+    for path in paths:
+        Image.new("RGB", (4, 8), (200, 30, 90)).save(path)
+    return [str(p) for p in paths]
+
+
+def test_the_image_cache_removes_a_killed_save(tmp_path, jpeg_files):
+    from study.data import decode_images
+
+    cache = tmp_path / "cache"
+    left = write_and_get_killed(cache / "images-x.pt")
+    decode_images(jpeg_files, 8, 4, str(cache))
+    assert not left.exists() and len(list(cache.glob("images-*.pt"))) == 1
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_result_files_follow_the_umask_as_open_does(tmp_path, umask, tiny_config):
+    from study.files import atomic_torch_save, atomic_write_text
+
+    old = os.umask(umask)
+    try:
+        atomic_write_text(tmp_path / "summary.json", "{}\n")
+        atomic_torch_save({"x": 1}, tmp_path / "epoch-0001.pt")
+        with open(tmp_path / "plain.txt", "w") as file:
+            file.write("x")
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
+    assert modes == dict.fromkeys(["summary.json", "epoch-0001.pt", "plain.txt"], 0o666 & ~umask)
