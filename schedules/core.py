@@ -23,8 +23,9 @@ class ScheduleError(UserError):
 
 
 def require_positive(**values: float) -> None:
+    """Refuse values that are not positive finite numbers (nan and inf included)."""
     for name, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
             raise ScheduleError(f"requires positive {name}, got {name}={value!r}")
 
 
@@ -56,9 +57,10 @@ class Reset:
     def __post_init__(self) -> None:
         if self.kind not in self.KINDS:
             raise ScheduleError(f"unknown reset {self.kind!r}; valid: {', '.join(self.KINDS)}")
-        if self.kind == "shrink_perturb" and not (self.shrink >= 0 and self.perturb >= 0):
+        finite = 0 <= self.shrink < math.inf and 0 <= self.perturb < math.inf
+        if self.kind == "shrink_perturb" and not finite:
             raise ScheduleError(
-                f"shrink_perturb needs shrink >= 0 and perturb >= 0, got {self.shrink}, {self.perturb}"
+                f"shrink_perturb needs finite shrink >= 0 and perturb >= 0, got {self.shrink}, {self.perturb}"
             )
 
 

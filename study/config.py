@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import sys
 import types
 import typing
@@ -120,24 +121,96 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """``yaml.safe_load`` a mapping, with one-line errors for missing or invalid files."""
+    """``yaml.safe_load`` a mapping, with one-line errors for missing, empty, oversized or invalid files."""
     path = Path(path)
     try:
+        size = path.stat().st_size
+        if size > MAX_YAML_BYTES:
+            raise UserError(
+                f"config {str(path)!r} is {size / 2**20:.1f} MiB; a config or search space is at most "
+                f"{MAX_YAML_BYTES // 2**20} MiB of YAML"
+            )
         text = path.read_text()
     except OSError as error:
         raise UserError(f"cannot read config {str(path)!r}: {error.strerror}") from None
+    except UnicodeDecodeError as error:
+        raise UserError(f"config {str(path)!r} is not UTF-8 text (byte {error.start})") from None
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(error, "problem", None) or "invalid YAML"
         raise UserError(f"invalid YAML in {str(path)!r}{where}: {problem}") from None
     if data is None:
-        return {}
+        raise UserError(
+            f"config {str(path)!r} is empty; give at least its schedule, "
+            "e.g. schedule: {name: incremental_rollback}"
+        )
     if not isinstance(data, dict):
         raise UserError(f"config {str(path)!r} must be a mapping of sections, got {type(data).__name__}")
     return data
+
+
+# Far more than any config needs; an "alias bomb" (billion laughs) expands beyond it.
+MAX_YAML_BYTES = 2**20
+MAX_YAML_NODES = 100_000
+
+
+def load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` that refuses documents expanding (through aliases) to over MAX_YAML_NODES nodes.
+
+    Aliases share nodes, so a few lines can stand for billions of values; they are counted before
+    anything is built from them. Raises yaml.YAMLError (``problem`` says why) for invalid or too
+    large documents.
+
+    >>> load_yaml("a: &x [1, 2]\nb: *x")
+    {'a': [1, 2], 'b': [1, 2]}
+    """
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _count_nodes(node)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _count_nodes(root: yaml.Node) -> None:
+    sizes: dict[int, int] = {}  # id(node) -> nodes it expands to, itself included
+    open_nodes: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        if key in sizes:
+            continue
+        children = _children(node)
+        if not done:
+            if key in open_nodes:
+                raise _too_large(node, "an alias refers to a node that contains it (a recursive alias)")
+            open_nodes.add(key)
+            stack.append((node, True))
+            stack.extend((child, False) for child in children if id(child) not in sizes)
+            continue
+        open_nodes.discard(key)
+        sizes[key] = 1 + sum(sizes[id(child)] for child in children)
+        if sizes[key] > MAX_YAML_NODES:
+            raise _too_large(node, f"it expands to over {MAX_YAML_NODES} values (aliases repeating aliases?)")
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return []
+
+
+def _too_large(node: yaml.Node, problem: str) -> yaml.YAMLError:
+    return yaml.MarkedYAMLError(problem=problem, problem_mark=node.start_mark)
 
 
 # A search space file is a run config plus these sections, which only study.sweep reads.
@@ -161,7 +234,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         if not sep or not key:
             raise UserError(f"override {override!r} must look like section.key=value")
         try:
-            value = yaml.safe_load(raw) if raw != "" else ""
+            value = load_yaml(raw) if raw != "" else ""
         except yaml.YAMLError:
             value = raw
         node = data
@@ -235,8 +308,27 @@ def _describe(hint: Any) -> str:
     return names.get(hint, getattr(hint, "__name__", str(hint)))
 
 
+# Integers fit int64 (tensors, torch); a seed (a key named *seed) fits what numpy and torch accept.
+INT_MIN, INT_MAX = -(2**63), 2**63 - 1
+SEED_MAX = 2**32 - 1
+
+
+def check_seed(value: int, where: str) -> None:
+    """Refuse a seed outside 0..SEED_MAX (numpy's RandomState takes no other; torch takes them all).
+
+    >>> check_seed(2**40, "train.seed")  # UserError: train.seed must be between 0 and 4294967295
+    """
+    if not 0 <= value <= SEED_MAX:
+        raise UserError(
+            f"{where} must be between 0 and {SEED_MAX} (a seed numpy and torch accept), got {value}"
+        )
+
+
 def convert_value(hint: Any, value: Any, where: str) -> Any:
-    """Check ``value`` against the type ``hint`` (int, float, bool, str, list, dict, Literal, Optional)."""
+    """Check ``value`` against the type ``hint`` (int, float, bool, str, list, dict, Literal, Optional).
+
+    Numbers are finite; integers fit int64, and those of keys named ``*seed`` are 0..SEED_MAX.
+    """
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, f"{where}.")
     origin = typing.get_origin(hint)
@@ -270,10 +362,16 @@ def convert_value(hint: Any, value: Any, where: str) -> Any:
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise UserError(f"{where} must be an integer, got {value!r}")
+        if where.rpartition(".")[2].endswith("seed"):
+            check_seed(value, where)
+        elif not INT_MIN <= value <= INT_MAX:
+            raise UserError(f"{where} must be an integer between {INT_MIN} and {INT_MAX}, got {value}")
         return value
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise UserError(f"{where} must be a number, got {value!r}")
+        if abs(value) > sys.float_info.max or not math.isfinite(value):  # nan, inf, or an int too large
+            raise UserError(f"{where} must be a finite number, got {value!r}")
         return float(value)
     if hint is str:
         if not isinstance(value, str | int | float) or isinstance(value, bool):

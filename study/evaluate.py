@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import io
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +21,21 @@ from study.config import RunConfig, config_from_dict
 from study.data import ImageSet, Sample, decode_images, normalize, read_dataset
 from study.devices import autocast_dtype, uses_channels_last
 from study.errors import UserError, cli, description, unknown
+from study.files import atomic_write_bytes, check_output_file
 from study.metrics import METRICS, pairwise_distance, rank_metrics
 from study.models import build_model
 from study.reranking import k_reciprocal_rerank
 
 TOP_SHOWN = 10
+# File name endings --show-out accepts, and the image format each is written in.
+SHOW_SUFFIXES = {
+    ".png": "PNG",
+    ".jpg": "JPEG",
+    ".jpeg": "JPEG",
+    ".bmp": "BMP",
+    ".tif": "TIFF",
+    ".tiff": "TIFF",
+}
 
 
 @torch.no_grad()
@@ -282,7 +293,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--show", help="comma-separated query indices to draw ranked lists for")
     parser.add_argument(
-        "--show-out", default="ranking.png", help="PNG file for --show (default: ranking.png)"
+        "--show-out",
+        default="ranking.png",
+        help="picture for --show: .png, .jpg, .bmp or .tif (default: ranking.png)",
     )
     parser.add_argument(
         "--batch-size", type=int, help="images per batch (default: the run's eval_batch_size)"
@@ -295,6 +308,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     """Evaluate a checkpoint on a data set's query/gallery and print mAP, rank-1/5/10 and mINP."""
     args = parse_args(argv)
+    if args.show is not None:  # before anything is loaded: a bad file name must not cost an evaluation
+        check_output_file(args.show_out, "--show-out", SHOW_SUFFIXES)
     config, state = load_checkpoint(args.checkpoint)
     device = _resolve_device(args.device)
     batch_size = args.batch_size if args.batch_size is not None else config.train.eval_batch_size
@@ -306,8 +321,6 @@ def main(argv: list[str] | None = None) -> None:
 
     dataset = read_dataset(args.data, args.format)
     show = _parse_show(args.show, len(dataset.query))
-    if show and not Path(args.show_out).resolve().parent.is_dir():
-        raise UserError(f"--show-out {args.show_out!r}: its folder does not exist")
     print(
         f"decoding {len(dataset.query)} query and {len(dataset.gallery)} gallery images at "
         f"{config.data.height}x{config.data.width}",
@@ -332,7 +345,11 @@ def main(argv: list[str] | None = None) -> None:
     name = f"{Path(dataset.root).name} ({dataset.name})"
     print(_report(summarize(metrics), name, len(query), len(gallery), args.rerank))
     if show:
-        ranking_grid(query, gallery, dist, show).save(args.show_out)
+        picture = io.BytesIO()
+        ranking_grid(query, gallery, dist, show).save(
+            picture, format=SHOW_SUFFIXES[Path(args.show_out).suffix.lower()]
+        )
+        atomic_write_bytes(args.show_out, picture.getvalue())
         print(f"ranked lists of queries {','.join(map(str, show))} written to {args.show_out}")
 
 

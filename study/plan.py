@@ -8,7 +8,7 @@ from typing import Any
 from schedules import GROUPS, Schedule, build_schedule
 from study.config import load_config
 from study.errors import cli, description
-from study.files import atomic_write_csv
+from study.files import atomic_write_csv, check_output_file
 
 COLUMNS = ["epoch", "period", "group", "lr", "frozen", "reset"]
 
@@ -62,6 +62,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--csv", help="also write the plan as CSV (one row per epoch and group)")
     args = parser.parse_args(argv)
+    if args.csv:
+        check_output_file(args.csv, "--csv")
     schedule = build_schedule(load_config(args.config, args.set).schedule)
     print(format_plan(schedule))
     if args.csv:

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from study.config import RunConfig, apply_overrides, config_from_dict, read_yaml
+from study.config import RunConfig, apply_overrides, check_seed, config_from_dict, read_yaml
 from study.errors import UserError, closest, unknown
 
 SCHEDULE_KEY = "schedule.name"
@@ -376,6 +376,8 @@ def _seeds(value: Any) -> tuple[int, ...]:
         raise UserError(f"search.seeds must be a non-empty list of integers, got {value!r}")
     if len(set(value)) != len(value):
         raise UserError(f"search.seeds lists a seed twice: {value}")
+    for seed in value:
+        check_seed(seed, "search.seeds")
     return tuple(value)
 
 
@@ -496,6 +498,7 @@ def _tune(value: Any, evaluate_on: str, num_schedules: int) -> TuneSettings:
     seed = tune.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise UserError(f"tune.seed must be an integer, got {seed!r}")
+    check_seed(seed, "tune.seed")
     startup = _positive_int(tune.get("startup_trials", 10), "tune.startup_trials")
     return TuneSettings(metric, mode, num_samples, max_concurrent, cpu, gpu, asha, seed, startup)
 

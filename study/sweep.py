@@ -43,6 +43,7 @@ import os
 import pickle
 import queue
 import shutil
+import socket
 import sys
 import threading
 import time
@@ -56,7 +57,7 @@ import yaml
 
 from study.config import RunConfig, config_from_dict, read_yaml
 from study.errors import UserError, cli
-from study.files import atomic_write_csv, atomic_write_text
+from study.files import atomic_write_csv, atomic_write_text, check_output_folder, remove_stale_temporaries
 from study.search_space import (
     SCHEDULE_KEY,
     SEED_KEY,
@@ -888,6 +889,79 @@ def check_resources(tune_settings: TuneSettings, machines: list[dict[str, float]
             )
 
 
+# How long a Ray address may take to accept a connection before it counts as unreachable.
+ADDRESS_TIMEOUT_S = 5.0
+RAY_CLIENT_PORT = 10001
+
+
+def check_address(address: str | None, option: str = "--address") -> None:
+    """Refuse a Ray address that is malformed or where nothing answers within ADDRESS_TIMEOUT_S.
+
+    None and ``local`` start a Ray of this study's own; ``auto`` is looked up as Ray does (a cluster
+    running on this machine); ``HOST:PORT`` is a cluster's GCS, ``ray://HOST[:PORT]`` a Ray Client
+    server (port 10001 by default). A TCP connection is tried before ``ray.init``, which would retry
+    for minutes.
+
+    >>> check_address("127.0.0.1:6399")  # UserError: no Ray cluster answers at 127.0.0.1:6399 ...
+    """
+    if address in (None, "", "local"):
+        return
+    shown, target = address, address
+    if address == "auto":
+        try:
+            from ray._private.services import canonicalize_bootstrap_address
+
+            target = canonicalize_bootstrap_address("auto")
+        except ConnectionError:
+            raise UserError(
+                f"{option} auto: no Ray cluster runs on this machine; start one with `ray start --head`,"
+                f" or leave out {option} to start a Ray of this study's own"
+            ) from None
+        except (ImportError, AttributeError):  # Ray moved its lookup; ray.init still reports errors
+            return
+        if target is None:
+            return
+        shown = f"{target} ({option} auto)"
+    rest = target.removeprefix("ray://")
+    host, colon, port = rest.rpartition(":")
+    if target.startswith("ray://") and not colon:
+        host, port = rest, str(RAY_CLIENT_PORT)
+    host = host.strip("[]")  # [::1]:6379
+    if not (host and "/" not in host and port.isdigit() and 0 < int(port) < 65536):
+        raise UserError(
+            f"{option} {address!r} is not a Ray address; use auto, HOST:PORT (a cluster's head, "
+            "e.g. 10.0.0.5:6379) or ray://HOST:PORT"
+        )
+    try:
+        with socket.create_connection((host, int(port)), timeout=ADDRESS_TIMEOUT_S):
+            pass
+    except OSError as error:
+        reason = "no answer" if isinstance(error, TimeoutError) else error.strerror or type(error).__name__
+        raise UserError(
+            f"no Ray cluster answers at {shown} ({reason} within {ADDRESS_TIMEOUT_S:g} s); start one with"
+            f" `ray start --head --port={port}` there, or check {option}"
+        ) from None
+
+
+def check_ray(address: str | None, tune_settings: TuneSettings) -> None:
+    """Before anything is created: the Ray to join answers, and a Ray started here can run a trial.
+
+    ``address`` is --address (else RAY_ADDRESS); nothing is checked when this process already joined
+    a Ray, where the study runs. A cluster's resources are checked once joined (``check_resources``).
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    option = "--address" if address else "RAY_ADDRESS"
+    address = address or os.environ.get("RAY_ADDRESS")
+    check_address(address, option)
+    if address in (None, "", "local"):  # Ray starts here, with at most this machine's CPUs and GPUs
+        import torch
+
+        check_resources(tune_settings, [{"CPU": os.cpu_count() or 1, "GPU": torch.cuda.device_count()}])
+
+
 @cli
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
@@ -911,13 +985,24 @@ def main(argv: list[str] | None = None) -> None:
     mode = wandb_mode(base.wandb.mode)
     check_installed(mode)
     out = Path(args.out or Path("runs") / space.name).resolve()
+    check_output_folder(out)
     restore = check_study_dir(out, space, args.resume)
+    check_ray(args.address, space.tune)
     check_data(base)
     if notice := wandb_notice(base.wandb.mode, mode, out):
         print(notice)
-    with study_lock(out):
-        print(describe(space))
-        statuses = run_study(space, out, args.address, restore, mode)
+    fresh = not out.exists()
+    try:
+        with study_lock(out):
+            remove_stale_temporaries(out)  # of result tables a kill interrupted; under the lock
+            print(describe(space))
+            statuses = run_study(space, out, args.address, restore, mode)
+    except UserError:
+        if fresh:  # refused before any trial (a cluster short of resources): leave no empty folder
+            with contextlib.suppress(OSError):
+                (out / LOCK).unlink(missing_ok=True)
+                out.rmdir()
+        raise
     print(summary_line(statuses))
     print(f"wrote {out}/results.csv and {out}/epochs.csv; next: python -m study.report {out}")
     if "interrupted" in statuses or len(statuses) < space.num_trials:
@@ -1011,10 +1096,17 @@ def init_ray(address: str | None, scratch: Path) -> None:
     runtime_env = {"env_vars": env_vars}
     # Ray's token authentication stays on; its notice on every local start is noise for a local study.
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-    if address:
-        ray.init(address=address, runtime_env=runtime_env)
-    else:
-        ray.init(include_dashboard=False, runtime_env=runtime_env)
+    try:
+        if address:
+            ray.init(address=address, runtime_env=runtime_env)
+        else:
+            ray.init(include_dashboard=False, runtime_env=runtime_env)
+    except BaseException as error:
+        shutil.rmtree(scratch, ignore_errors=True)
+        if address and isinstance(error, ConnectionError | ValueError):  # e.g. the cluster just ended
+            detail = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise UserError(f"cannot join the Ray cluster at {address}: {detail}") from None
+        raise
 
 
 def make_tuner(space: SearchSpace, out: Path, mode: str, restore: bool) -> Any:

@@ -26,7 +26,14 @@ from study.config import RunConfig, config_from_dict
 from study.data import ImageSet, ReIDData, load_data, normalize, random_hflip
 from study.devices import autocast_dtype, choose_device, uses_channels_last
 from study.errors import UserError
-from study.files import atomic_torch_save, atomic_write_csv, atomic_write_json, atomic_write_text
+from study.files import (
+    atomic_torch_save,
+    atomic_write_csv,
+    atomic_write_json,
+    atomic_write_text,
+    check_output_folder,
+    remove_stale_temporaries,
+)
 from study.models import ReIDNet, build_model, group_state, snapshot
 
 EpochCallback = Callable[[dict[str, Any], Path | None], None]
@@ -50,6 +57,7 @@ def train_run(
     """
     out_dir = Path(out_dir)
     plan = build_schedule(config.schedule).plan()
+    check_output_folder(out_dir)
     checkpoint = _checkpoint_to_resume(out_dir, config, resume)
     device = choose_device(config.train.device)
     set_threads(config.train.threads)
@@ -64,6 +72,8 @@ def train_run(
     model = build_model(config.model, data.num_classes)
     # Only now, with the input known good, does the run folder appear.
     out_dir.mkdir(parents=True, exist_ok=True)
+    for folder in (out_dir, out_dir / "checkpoints"):  # what a kill inside a write left
+        remove_stale_temporaries(folder)
     atomic_write_text(out_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
     initial = snapshot(model)  # the pre-trained blocks and the initial head, restored bit for bit
     model.to(device)

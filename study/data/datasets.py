@@ -8,6 +8,8 @@ Camera ids are kept as written in the file names.
 from __future__ import annotations
 
 import csv
+import io
+import os
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -213,25 +215,53 @@ def _read_manifest(path: Path) -> dict[str, list[Sample]]:
     if not path.is_file():
         raise UserError(f"manifest {str(path)!r} must be a CSV file with columns path,pid,camid,split")
     splits: dict[str, list[Sample]] = {split: [] for split in SPLITS}
-    with path.open(newline="") as file:
-        reader = csv.DictReader(file)
-        columns = {"path", "pid", "camid", "split"}
-        if reader.fieldnames is None or not columns <= set(reader.fieldnames):
-            raise UserError(f"manifest {str(path)!r} needs a header with columns path,pid,camid,split")
-        for row in reader:
-            where = f"{path}:{reader.line_num}"
-            if None in row.values() or not row["path"]:
-                raise UserError(f"{where}: every row needs path,pid,camid,split, got {row}")
-            if row["split"] not in splits:
-                raise UserError(f"{where}: {unknown('split', row['split'], SPLITS)}")
-            try:
-                pid, camid = int(row["pid"]), int(row["camid"])
-            except (TypeError, ValueError):
+    seen: dict[str, tuple[int, str, int]] = {}  # normalised path -> (pid, split, line) of its first row
+    reader = csv.DictReader(io.StringIO(_manifest_text(path), newline=""))
+    columns = {"path", "pid", "camid", "split"}
+    if reader.fieldnames is None or not columns <= set(reader.fieldnames):
+        raise UserError(f"manifest {str(path)!r} needs a header with columns path,pid,camid,split")
+    for row in reader:
+        where = f"{path}:{reader.line_num}"
+        if None in row.values() or not row["path"]:
+            raise UserError(f"{where}: every row needs path,pid,camid,split, got {row}")
+        if row["split"] not in splits:
+            raise UserError(f"{where}: {unknown('split', row['split'], SPLITS)}")
+        try:
+            pid, camid = int(row["pid"]), int(row["camid"])
+        except (TypeError, ValueError):
+            raise UserError(
+                f"{where}: pid and camid must be integers, got {row['pid']!r}, {row['camid']!r}"
+            ) from None
+        image = os.path.normpath(path.parent / row["path"])
+        if image in seen:
+            first_pid, first_split, first_line = seen[image]
+            if first_pid != pid:
                 raise UserError(
-                    f"{where}: pid and camid must be integers, got {row['pid']!r}, {row['camid']!r}"
-                ) from None
-            splits[row["split"]].append(Sample(str(path.parent / row["path"]), pid, camid))
+                    f"{where}: {row['path']!r} is listed with identity {pid} here and identity"
+                    f" {first_pid} on line {first_line}; an image shows one identity"
+                )
+            if "train" in (first_split, row["split"]) and first_split != row["split"]:
+                other = row["split"] if first_split == "train" else first_split
+                raise UserError(
+                    f"{where}: {row['path']!r} is listed in train and {other} (line {first_line});"
+                    " an image the model trains on cannot evaluate it"
+                )
+        else:
+            seen[image] = (pid, row["split"], reader.line_num)
+        splits[row["split"]].append(Sample(str(path.parent / row["path"]), pid, camid))
     return splits
+
+
+def _manifest_text(path: Path) -> str:
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise UserError(
+            f"manifest {str(path)!r} is not UTF-8 text: byte {data[error.start]:#04x} on line {line};"
+            " save it as UTF-8"
+        ) from None
 
 
 READERS: dict[str, Callable[[Path], dict[str, list[Sample]]]] = {

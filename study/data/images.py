@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import uuid
 import warnings
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -18,6 +17,7 @@ import torch
 from PIL import Image
 
 from study.errors import UserError
+from study.files import atomic_torch_save, remove_stale_temporaries
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -69,7 +69,8 @@ def decode_images(paths: list[str], height: int, width: int, cache_dir: str | No
         except Exception as error:  # a damaged cache is rebuilt, not fatal
             warnings.warn(f"ignoring unreadable image cache {file}: {error}", stacklevel=2)
     images = _decode_all(paths, height, width)
-    _save_atomically(images, file)
+    remove_stale_temporaries(file.parent)  # of an earlier save that was killed
+    atomic_torch_save(images, file)
     return images
 
 
@@ -155,13 +156,3 @@ def _cache_key(paths: list[str], height: int, width: int) -> str:
         files.append((os.path.abspath(path), stat.st_size, stat.st_mtime_ns))
     text = json.dumps([_CACHE_VERSION, height, width, files])
     return f"{hashlib.sha256(text.encode()).hexdigest()[:24]}-{len(paths)}x{height}x{width}"
-
-
-def _save_atomically(images: torch.Tensor, file: Path) -> None:
-    file.parent.mkdir(parents=True, exist_ok=True)
-    temporary = file.with_name(f"{file.name}.tmp-{uuid.uuid4().hex}")
-    try:
-        torch.save(images, temporary)
-        os.replace(temporary, file)
-    finally:
-        temporary.unlink(missing_ok=True)

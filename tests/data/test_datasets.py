@@ -114,16 +114,16 @@ def test_generic_market_ignores_the_rest_of_the_name(market_tree):
 
 
 def test_manifest_paths_are_relative_to_the_csv_or_absolute(tmp_path, jpeg):
-    a = jpeg(tmp_path / "images" / "a.jpg")
-    b = jpeg(tmp_path / "elsewhere" / "b.jpg")
+    a, c = jpeg(tmp_path / "images" / "a.jpg"), jpeg(tmp_path / "images" / "c.jpg")
+    b, d = jpeg(tmp_path / "elsewhere" / "b.jpg"), jpeg(tmp_path / "elsewhere" / "d.jpg")
     manifest = tmp_path / "set.csv"
     manifest.write_text(
-        f"path,pid,camid,split\nimages/a.jpg,7,1,train\n{b},7,2,train\n{b},8,1,query\n{a},8,2,gallery\n"
+        f"path,pid,camid,split\nimages/a.jpg,7,1,train\n{b},7,2,train\n{d},8,1,query\nimages/c.jpg,8,2,gallery\n"
     )
     data = read_dataset(manifest)
     assert data.name == "manifest"
     assert [(s.path, s.pid, s.camid) for s in data.train] == [(str(a), 7, 1), (str(b), 7, 2)]
-    assert [(s.pid, s.camid) for s in data.query + data.gallery] == [(8, 1), (8, 2)]
+    assert [(s.path, s.pid, s.camid) for s in data.query + data.gallery] == [(str(d), 8, 1), (str(c), 8, 2)]
 
 
 @pytest.mark.parametrize(

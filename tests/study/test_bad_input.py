@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -125,3 +126,489 @@ def test_bad_input_leaves_an_existing_run_untouched(config_file, tmp_path, tiny_
     assert result.returncode == 2 and "already holds a run; pass --resume" in result.stderr
     assert (out / "metrics.csv").read_text() == "epoch\n1\n"
     assert os.listdir(out) == ["metrics.csv"]
+
+
+# ----------------------------------------------------------------------------- where results go
+
+
+def run_cli(module: str, *args: object, env: dict | None = None) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", module, *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env)
+
+
+def assert_one_line(result: subprocess.CompletedProcess, *messages: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+    for message in messages:
+        assert message in result.stderr, result.stderr
+
+
+def a_file(tmp_path: Path) -> Path:
+    path = tmp_path / "a_file"
+    path.write_text("keep me\n")
+    return path
+
+
+def assert_nothing_created(tmp_path: Path, *kept: str) -> None:
+    """tmp_path holds what the test put there (``kept``, and a_file unchanged), nothing else."""
+    if (tmp_path / "a_file").exists():
+        assert (tmp_path / "a_file").read_text() == "keep me\n"
+        kept = (*kept, "a_file")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept)
+
+
+# Bad result folders, made from tmp_path, and their messages. /sys refuses new files even to root,
+# for whom permission bits (chmod 0o555) stop nothing.
+BAD_FOLDERS = {
+    "existing-file": (a_file, "is a file, not a folder"),
+    "under-a-file": (lambda tmp: a_file(tmp) / "run", "is a file; choose another --out"),
+    "unwritable": (lambda tmp: Path("/sys/rollback-study-run"), "cannot write into '/sys'"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_FOLDERS)
+def test_train_out_that_cannot_be_a_folder_is_refused_before_the_data_loads(config_file, tmp_path, case):
+    make, message = BAD_FOLDERS[case]
+    out = make(tmp_path)
+    # The data set root does not exist: had the data been read first, that would be the error.
+    result = train(config_file, out, "data.root=/nonexistent/market")
+    assert_one_line(result, f"--out {str(out)!r}", message)
+    assert_nothing_created(tmp_path, "config.yaml")
+
+
+@pytest.fixture
+def space_file(tmp_path, synthetic_dir) -> Path:
+    """A tiny search space: one configuration of one seed, W&B disabled."""
+    path = tmp_path / "space.yaml"
+    data = {
+        "model": {"backbone": "mobilenet_v2", "weights": "packaged"},
+        "data": {
+            "root": "synthetic",
+            "synthetic_dir": synthetic_dir,
+            "synthetic": {"identities": 32, "cameras": 3, "seed": 0},
+            "height": 64,
+            "width": 32,
+            "val_identities": 6,
+        },
+        "train": {"batch_size": 16, "eval_batch_size": 64},
+        "schedule": {"name": "finetune", "epochs": 1},
+        "wandb": {"mode": "disabled"},
+        "tune": {"num_samples": 1, "resources": {"cpu": 1, "gpu": 0}},
+    }
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def sweep(space: Path, out: Path, *args: str) -> subprocess.CompletedProcess:
+    """``python -m study.sweep`` joining no Ray of this machine: no RAY_ADDRESS, a Ray folder of its own."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "WANDB_"))}
+    ray_tmp = Path(f"/tmp/ray-bad-input-{os.getpid()}")  # short: Ray's socket paths are limited
+    env |= {"RAY_TMPDIR": str(ray_tmp), "RAY_AUTH_MODE": "disabled", "WANDB_MODE": "disabled"}
+    try:
+        return run_cli("study.sweep", space, "--out", out, *args, env=env)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+@pytest.mark.parametrize("case", BAD_FOLDERS)
+def test_sweep_out_that_cannot_be_a_folder_is_refused(space_file, tmp_path, case):
+    make, message = BAD_FOLDERS[case]
+    out = make(tmp_path)
+    assert_one_line(sweep(space_file, out), f"--out {str(out)!r}", message)
+    assert_nothing_created(tmp_path, "space.yaml")
+
+
+BAD_FILES = {
+    "a-folder": (lambda tmp: tmp, "is a folder; give a file name"),
+    "under-a-file": (lambda tmp: a_file(tmp) / "x.png", "is a file; choose another"),
+    "unwritable": (lambda tmp: Path("/sys/rollback-study.png"), "cannot write into '/sys'"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_FILES)
+def test_evaluate_show_out_is_checked_before_the_checkpoint_loads(tmp_path, case):
+    make, message = BAD_FILES[case]
+    picture = make(tmp_path)
+    missing = tmp_path / "missing.pt"  # had the checkpoint been read first, that would be the error
+    result = run_cli("study.evaluate", missing, "--data", tmp_path, "--show", "0", "--show-out", picture)
+    assert_one_line(result, f"--show-out {str(picture)!r}", message)
+    assert_nothing_created(tmp_path)
+
+
+@pytest.mark.parametrize("name", ["ranks", "ranks.txt", "ranks.pdf"])
+def test_evaluate_show_out_needs_an_image_extension(tmp_path, name):
+    picture = tmp_path / name
+    result = run_cli(
+        "study.evaluate", tmp_path / "missing.pt", "--data", tmp_path, "--show", "0", "--show-out", picture
+    )
+    assert_one_line(
+        result, f"--show-out {str(picture)!r} needs a file name ending in .png, .jpg, .jpeg, .bmp"
+    )
+
+
+@pytest.mark.parametrize("case", BAD_FILES)
+def test_plan_csv_is_checked_before_the_plan_is_printed(config_file, tmp_path, case):
+    make, message = BAD_FILES[case]
+    target = make(tmp_path)
+    result = run_cli("study.plan", config_file, "--csv", target)
+    assert_one_line(result, f"--csv {str(target)!r}", message)
+    assert result.stdout == ""
+    assert_nothing_created(tmp_path, "config.yaml")
+
+
+# ----------------------------------------------------------------------------- numbers
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.weight_decay=.nan", "train.weight_decay must be a finite number, got nan"),
+        ("train.momentum=.inf", "train.momentum must be a finite number, got inf"),
+        ("data.val_identities=.nan", "data.val_identities must be a finite number, got nan"),
+        ("model.dropout=-.inf", "model.dropout must be a finite number, got -inf"),
+        ("schedule.lr=.inf", "schedule.lr must be a finite number, got inf"),
+        ("schedule.gamma=.nan", "schedule.gamma must be a finite number, got nan"),
+        ("schedule.head_lr=1" + "0" * 400, "schedule.head_lr must be a finite number"),
+        ("train.seed=99999999999999999999", "train.seed must be between 0 and 4294967295"),
+        ("train.seed=-1", "train.seed must be between 0 and 4294967295"),
+        ("data.split_seed=4294967296", "data.split_seed must be between 0 and 4294967295"),
+        ("train.batch_size=99999999999999999999", "train.batch_size must be an integer between"),
+        ("schedule.epochs=99999999999999999999", "schedule.epochs must be an integer between"),
+    ],
+)
+def test_numbers_must_be_finite_and_fit(config_file, override, message):
+    from schedules import build_schedule
+    from study.config import load_config
+
+    with pytest.raises(UserError) as error:
+        build_schedule(load_config(config_file, [override]).schedule)  # as study.train and study.plan do
+    assert message in str(error.value)
+
+
+def test_the_largest_seed_is_one_numpy_and_torch_accept_everywhere_the_trainer_uses_it():
+    import numpy as np
+
+    from study.config import SEED_MAX
+
+    np.random.RandomState(SEED_MAX)
+    with pytest.raises(ValueError):
+        np.random.RandomState(SEED_MAX + 1)  # why the bound is 2**32 - 1
+    torch.Generator().manual_seed(SEED_MAX)  # train.seed (trainer._seed_everything)
+    torch.Generator().manual_seed(SEED_MAX * 100_003 + 10_000)  # batch order of epoch 10000
+    torch.Generator().manual_seed(SEED_MAX * 1000 + 1000)  # re-initialisation in period 1000
+
+
+def test_a_nan_setting_is_one_line_from_the_cli(config_file, tmp_path):
+    result = train(config_file, tmp_path / "run", "train.weight_decay=.nan")
+    assert_user_error(result, "train.weight_decay must be a finite number, got nan", tmp_path / "run")
+
+
+@pytest.mark.parametrize(
+    "section, message",
+    [
+        ({"tune": {"seed": 2**32}}, "tune.seed must be between 0 and 4294967295"),
+        ({"search": {"seeds": [0, 2**40]}}, "search.seeds must be between 0 and 4294967295"),
+        ({"search": {"params": {"train.weight_decay": {"choice": [0.0, float("nan")]}}}}, "finite number"),
+        ({"search": {"params": {"train.batch_size": {"int": [1, 2**70]}}}}, "must be an integer between"),
+    ],
+)
+def test_search_space_numbers_must_be_finite_and_fit(tiny_config, section, message):
+    from study.search_space import parse_search_space
+
+    data = {**tiny_config({"name": "finetune", "epochs": 1}).to_dict(), **section}
+    with pytest.raises(UserError, match=message):
+        parse_search_space(data, "bad")
+
+
+# ----------------------------------------------------------------------------- YAML files
+
+
+@pytest.mark.parametrize("text", ["", "\n", "# nothing but a comment\n"])
+def test_an_empty_config_is_refused(tmp_path, text):
+    path = tmp_path / "empty.yaml"
+    path.write_text(text)
+    assert_user_error(train(path, tmp_path / "run"), f"config {str(path)!r} is empty", tmp_path / "run")
+
+
+def alias_bomb(levels: int, width: int) -> str:
+    """Billion laughs: each level lists the previous one ``width`` times, under a valid key."""
+    lines = [f"l0: &l0 [{', '.join(['lol'] * width)}]"]
+    for level in range(1, levels):
+        lines.append(f"l{level}: &l{level} [{', '.join([f'*l{level - 1}'] * width)}]")
+    return "x:\n" + "".join(f"  {line}\n" for line in lines) + f"wandb:\n  tags: *l{levels - 1}\n"
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        # 10**6 values: loaded and copied, it would pass as wandb.tags; 9**9, it would take minutes.
+        (alias_bomb(6, 10), "expands to over 100000 values"),
+        (alias_bomb(9, 9), "expands to over 100000 values"),
+        ("wandb:\n  tags: &a [*a]\n", "recursive alias"),
+    ],
+    ids=["million", "billion", "recursive"],
+)
+def test_a_yaml_alias_bomb_is_refused_before_it_expands(tmp_path, text, message):
+    from study.config import load_config
+
+    path = tmp_path / "bomb.yaml"
+    path.write_text(text)
+    with pytest.raises(UserError, match=message):
+        load_config(path)
+
+
+def test_an_alias_bomb_in_an_override_is_kept_as_text(config_file):
+    from study.config import load_config
+
+    levels = ["&l0 [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]"] + [
+        f"&l{n} [{', '.join([f'*l{n - 1}'] * 10)}]" for n in range(1, 6)
+    ]
+    with pytest.raises(UserError, match=r"wandb.tags must be a list, got '\[&l0"):
+        load_config(config_file, [f"wandb.tags=[{', '.join(levels)}]"])
+
+
+def test_an_oversized_config_is_refused(tmp_path):
+    from study.config import load_config
+
+    path = tmp_path / "big.yaml"
+    path.write_text("wandb:\n  tags:\n" + "  - a\n" * 300_000)
+    with pytest.raises(UserError, match=r"big.yaml' is 1.7 MiB; a config or search space is at most 1 MiB"):
+        load_config(path)
+
+
+def test_yaml_aliases_within_bounds_still_work(tmp_path):
+    from study.config import load_config
+
+    path = tmp_path / "aliases.yaml"
+    path.write_text("wandb:\n  tags: &tags [a, b]\nx: *tags\n")
+    with pytest.raises(UserError, match="unknown config section 'x'"):  # read, then validated
+        load_config(path)
+    path.write_text("schedule: &s {name: finetune, epochs: 1}\n")
+    assert load_config(path).schedule == {"name": "finetune", "epochs": 1}
+
+
+# ----------------------------------------------------------------------------- manifests
+
+HEADER = b"path,pid,camid,split\n"
+
+
+@pytest.mark.parametrize(
+    "rows, message",
+    [
+        (b"a.jpg,1,1,train\nb\xff.jpg,1,2,train\n", r"is not UTF-8 text: byte 0xff on line 3"),
+        (
+            b"a.jpg,1,1,train\nb.jpg,1,2,train\n./a.jpg,2,2,train\n",
+            r"set.csv:4: './a.jpg' is listed with identity 2 here and identity 1 on line 2",
+        ),
+        (
+            b"a.jpg,1,1,query\nc.jpg,1,2,gallery\na.jpg,2,1,gallery\n",
+            r"set.csv:4: 'a.jpg' is listed with identity 2 here and identity 1 on line 2",
+        ),
+        (
+            b"a.jpg,1,1,train\nb.jpg,2,1,query\nc.jpg,2,2,gallery\na.jpg,1,2,gallery\n",
+            r"set.csv:5: 'a.jpg' is listed in train and gallery \(line 2\)",
+        ),
+        (
+            b"b.jpg,2,1,query\na.jpg,1,1,train\nc.jpg,2,2,gallery\nb.jpg,2,1,train\n",
+            r"set.csv:5: 'b.jpg' is listed in train and query \(line 2\)",
+        ),
+    ],
+    ids=[
+        "not-utf8",
+        "two-identities-in-train",
+        "two-identities-in-test",
+        "train-in-gallery",
+        "query-in-train",
+    ],
+)
+def test_bad_manifest(tmp_path, rows, message):
+    from study.data import read_dataset
+
+    manifest = tmp_path / "set.csv"
+    manifest.write_bytes(HEADER + rows)
+    with pytest.raises(UserError, match=message):
+        read_dataset(manifest)
+
+
+def test_a_manifest_may_list_an_image_in_query_and_gallery_and_start_with_a_bom(tmp_path):
+    from study.data import read_dataset
+
+    manifest = tmp_path / "set.csv"
+    manifest.write_bytes(b"\xef\xbb\xbf" + HEADER + b"a.jpg,1,1,train\nb.jpg,2,1,query\nb.jpg,2,1,gallery\n")
+    data = read_dataset(manifest)
+    assert [s.pid for s in data.query] == [2] and [s.pid for s in data.gallery] == [2]
+
+
+def test_a_bad_manifest_is_one_line_from_the_cli(config_file, tmp_path):
+    manifest = tmp_path / "set.csv"
+    manifest.write_bytes(HEADER + b"a.jpg,1,1,train\na.jpg,2,1,train\n")
+    result = train(config_file, tmp_path / "run", f"data.root={manifest}")
+    assert_user_error(
+        result, "'a.jpg' is listed with identity 2 here and identity 1 on line 2", tmp_path / "run"
+    )
+
+
+# ----------------------------------------------------------------------------- Ray
+
+
+@pytest.mark.parametrize(
+    "address, message",
+    [
+        ("not-an-address", "--address 'not-an-address' is not a Ray address; use auto, HOST:PORT"),
+        ("10.0.0.5:port", "--address '10.0.0.5:port' is not a Ray address"),
+        ("http://10.0.0.5:8265", "--address 'http://10.0.0.5:8265' is not a Ray address"),
+    ],
+)
+def test_sweep_address_that_is_not_one(space_file, tmp_path, address, message):
+    result = sweep(space_file, tmp_path / "study", "--address", address)
+    assert_user_error(result, message, tmp_path / "study")
+
+
+def test_sweep_address_where_nothing_listens_is_refused_at_once(space_file, tmp_path):
+    import socket
+
+    with socket.socket() as bound:  # a port of ours that accepts no connection: refused at once
+        bound.bind(("127.0.0.1", 0))
+        port = bound.getsockname()[1]
+        result = sweep(space_file, tmp_path / "study", "--address", f"127.0.0.1:{port}")
+    assert_user_error(
+        result, f"no Ray cluster answers at 127.0.0.1:{port} (Connection refused", tmp_path / "study"
+    )
+
+
+def test_an_address_that_never_answers_is_given_up_after_a_few_seconds(monkeypatch):
+    import socket
+
+    import study.sweep as sweep_module
+
+    waited = []
+
+    def silent(address, timeout):
+        waited.append(timeout)
+        raise TimeoutError("timed out")
+
+    monkeypatch.setattr(socket, "create_connection", silent)
+    with pytest.raises(
+        UserError, match=r"no Ray cluster answers at ray://head:10001 \(no answer within 5 s\)"
+    ):
+        sweep_module.check_address("ray://head:10001")
+    with pytest.raises(UserError, match=r"RAY_ADDRESS"):
+        sweep_module.check_address("head:6379", "RAY_ADDRESS")
+    assert waited == [5.0, 5.0]
+
+
+def test_address_auto_without_a_cluster_is_one_line(monkeypatch):
+    import ray._private.services
+
+    import study.sweep as sweep_module
+
+    def nothing_runs(address):
+        raise ConnectionError("Could not find any running Ray instance.")
+
+    monkeypatch.setattr(ray._private.services, "canonicalize_bootstrap_address", nothing_runs)
+    with pytest.raises(UserError, match="--address auto: no Ray cluster runs on this machine"):
+        sweep_module.check_address("auto")
+    sweep_module.check_address("local")  # starts a Ray of the study's own: nothing to check
+    sweep_module.check_address(None)
+
+
+def test_resources_this_machine_lacks_are_refused_before_ray_starts(space_file, tmp_path):
+    result = sweep(space_file, tmp_path / "study", "--set", f"tune.resources.cpu={(os.cpu_count() or 1) + 1}")
+    assert_user_error(result, "per trial, but this Ray machine has", tmp_path / "study")
+    assert result.stdout == ""  # nor did the sweep describe a study it will not run
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["space.yaml"]
+
+
+def test_resources_a_cluster_lacks_leave_no_study_folder(space_file, tmp_path, monkeypatch, capsys):
+    """On a cluster the check needs Ray joined, after the study folder's scratch space is made."""
+    import study.sweep as sweep_module
+
+    def joined(address, scratch):
+        scratch.mkdir(parents=True)  # as init_ray does
+
+    import ray
+
+    monkeypatch.setattr(sweep_module, "check_ray", lambda address, tune: None)
+    monkeypatch.setattr(sweep_module, "init_ray", joined)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True, "Resources": {"CPU": 2.0}}])  # the cluster
+    monkeypatch.setattr(ray, "shutdown", lambda: None)
+    out = tmp_path / "study"
+    with pytest.raises(SystemExit) as exit_info:
+        sweep_module.main([str(space_file), "--out", str(out), "--set", "tune.resources.cpu=4"])
+    assert exit_info.value.code == 2
+    assert "tune.resources.cpu=4 per trial, but this Ray machine has 2 CPUs" in capsys.readouterr().err
+    assert not out.exists()
+
+
+# ----------------------------------------------------------------------------- result files
+
+KILLED_INSIDE_A_WRITE = """
+import os, sys
+from study import files
+def killed(*args):  # between writing the temporary file and renaming it: as a kill -9 would
+    os.kill(os.getpid(), 9)
+files.os.replace = killed
+files.atomic_write_bytes(sys.argv[1], bytes(1_000_000))
+"""
+
+
+def write_and_get_killed(path: Path) -> Path:
+    """Leave what a kill inside an atomic write of ``path`` leaves: its temporary file."""
+    process = subprocess.run([sys.executable, "-c", KILLED_INSIDE_A_WRITE, str(path)], cwd=ROOT)
+    assert process.returncode == -9
+    (left,) = path.parent.glob(f".{path.name}.*.tmp")
+    return left
+
+
+def test_a_run_and_its_resume_remove_what_a_kill_inside_a_write_left(tmp_path, tiny_config):
+    from study.files import atomic_open
+    from study.trainer import train_run
+
+    config = tiny_config({"name": "finetune", "epochs": 1})
+    out = tmp_path / "run"
+    before_the_run = write_and_get_killed(out / "checkpoints" / "epoch-0001.pt")
+    train_run(config, out)
+    assert not before_the_run.exists()
+    checkpoint = write_and_get_killed(out / "checkpoints" / "epoch-0001.pt")
+    table = write_and_get_killed(out / "metrics.csv")
+    with atomic_open(out / "checkpoints" / "epoch-0002.pt") as file:  # a writer still running: kept
+        file.write(b"partial")
+        running = next((out / "checkpoints").glob(".epoch-0002.pt.*.tmp"))
+        train_run(config, out, resume=True)
+        assert not checkpoint.exists() and not table.exists() and running.exists()
+
+
+@pytest.fixture
+def jpeg_files(tmp_path) -> list[str]:
+    from PIL import Image
+
+    paths = [tmp_path / f"{n}.jpg" for n in range(2)]
+    for path in paths:
+        Image.new("RGB", (4, 8), (200, 30, 90)).save(path)
+    return [str(p) for p in paths]
+
+
+def test_the_image_cache_removes_a_killed_save(tmp_path, jpeg_files):
+    from study.data import decode_images
+
+    cache = tmp_path / "cache"
+    left = write_and_get_killed(cache / "images-x.pt")
+    decode_images(jpeg_files, 8, 4, str(cache))
+    assert not left.exists() and len(list(cache.glob("images-*.pt"))) == 1
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_result_files_follow_the_umask_as_open_does(tmp_path, umask, tiny_config):
+    from study.files import atomic_torch_save, atomic_write_text
+
+    old = os.umask(umask)
+    try:
+        atomic_write_text(tmp_path / "summary.json", "{}\n")
+        atomic_torch_save({"x": 1}, tmp_path / "epoch-0001.pt")
+        with open(tmp_path / "plain.txt", "w") as file:
+            file.write("x")
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
+    assert modes == dict.fromkeys(["summary.json", "epoch-0001.pt", "plain.txt"], 0o666 & ~umask)
