@@ -340,7 +340,7 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     run_dir = Path(context.out) / "trials" / trial_id
     tune_epoch = restore_from_tune(tune.get_checkpoint(), run_dir)
     plan = build_schedule(run_config.schedule).plan()
-    reporter = EpochReporter(plan, context.space.tune, run_dir, Path(context.out) / EXPERIMENT / trial_id)
+    reporter = EpochReporter(plan, context.space.tune, run_dir)
     reporter.catch_up(tune_epoch)
     try:
         train_run(run_config, run_dir, resume=True, on_epoch=reporter)
@@ -367,12 +367,11 @@ class EpochReporter:
     ``best_*`` hold the best validated epoch so far, so W&B's summary (the last values) shows the best.
     """
 
-    def __init__(self, plan: list, tune_settings: TuneSettings, run_dir: Path, tune_dir: Path | None = None):
+    def __init__(self, plan: list, tune_settings: TuneSettings, run_dir: Path):
         self.plan = plan
         self.metric = tune_settings.metric
         self.mode = tune_settings.mode
         self.run_dir = run_dir
-        self.tune_dir = tune_dir  # where Tune persists this trial's checkpoints
         self.epoch = 0
         self.last = worst_value(self.mode)
         self.best: dict[str, Any] | None = None
@@ -463,25 +462,6 @@ class EpochReporter:
             tune.report(result, checkpoint=tune.Checkpoint.from_directory(str(stage)))
         finally:
             shutil.rmtree(stage, ignore_errors=True)
-        self._share_with_tune(checkpoint)
-
-    def _share_with_tune(self, checkpoint: Path) -> None:
-        """Make the run folder's checkpoint and Tune's copy of it one file (a hard link), not two.
-
-        Tune persists the reported checkpoint before ``tune.report`` returns; where its storage is
-        another file system (a cluster's shared storage), both copies stay.
-        """
-        if self.tune_dir is None:
-            return
-        copies = sorted(self.tune_dir.glob(f"checkpoint_*/{checkpoint.name}"))
-        if not copies or copies[-1].stat().st_ino == checkpoint.stat().st_ino:
-            return
-        link = checkpoint.with_suffix(".link")
-        try:
-            os.link(copies[-1], link)
-            os.replace(link, checkpoint)
-        except OSError:
-            link.unlink(missing_ok=True)
 
 
 def restore_from_tune(checkpoint: Any, run_dir: Path) -> int:

@@ -510,8 +510,10 @@ def test_optuna_db_holds_one_trial_per_configuration(study_dir):
         ).fetchall()
         (study_name,) = db.execute("SELECT study_name FROM studies").fetchone()
     assert study_name == "tiny"
-    # finetune's configuration diverged (FAIL: no value for TPE to learn from); the other one completed.
-    assert [s for (s,) in states] == ["FAIL", "COMPLETE"]
+    # finetune's configuration diverged (FAIL: no value for TPE to learn from); the other one completed,
+    # or is PRUNED when ASHA stopped one of its seeds (which depends on the order results arrive in).
+    stopped = any(r["status"] == "stopped" for r in _csv(out / "results.csv"))
+    assert [s for (s,) in states] == ["FAIL", "PRUNED" if stopped else "COMPLETE"]
     assert sorted(value for value, _ in names) == [0.0, 1.0]  # category indices: both schedules
 
 
@@ -533,17 +535,6 @@ def test_wandb_offline_runs_hold_each_trials_config(study_dir):
         for text in texts:
             assert text.encode() in log
         assert b"__trial_index__" not in log
-
-
-def test_a_trials_checkpoint_is_one_file_shared_with_tune(study_dir):
-    out, _ = study_dir
-    shared = 0
-    for row in _csv(out / "results.csv"):
-        for ours in (out / row["run_dir"] / "checkpoints").glob("epoch-*.pt"):
-            (tunes,) = (out / "tune" / row["trial_id"]).glob(f"checkpoint_*/{ours.name}")
-            assert ours.stat().st_ino == tunes.stat().st_ino  # a hard link: stored once
-            shared += 1
-    assert shared > 0
 
 
 def test_trial_folders_keep_one_checkpoint(study_dir):
