@@ -10,13 +10,16 @@ configuration, or ``finetune`` for the same number of epochs when the study has 
 training identity with ``data.evaluate_on=test``, once per seed of the study or of ``--seeds``
 (into DIR/final/), and adds their test mAP and rank-1; ``--jobs N`` trains N of those runs at once.
 By default the report is DIR/report.md with plots in DIR/plots/; ``--out FILE`` writes it (of one
-or several studies) to FILE, with plots in a folder named after FILE beside it.
+or several studies) to FILE, with plots in a folder named after FILE beside it. Folders of the same
+study name are the pieces of one study (run on several machines or days, each with some of its
+schedules or seeds: ``merge_pieces``) and are reported as one; ``--final`` then trains into the first.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import importlib.util
 import math
 from dataclasses import dataclass
@@ -45,6 +48,7 @@ class Study:
     epochs: pd.DataFrame
     prefix: str  # val or test
     keys: list[str]  # the searched run-config keys (results.csv columns), schedule.name excluded
+    pieces: tuple[Path, ...] = ()  # the folders of a study run in pieces (merge_pieces), else empty
 
     @property
     def metric(self) -> str:
@@ -80,6 +84,11 @@ class Study:
             )
         return pd.DataFrame(rows)
 
+    def trial_folder(self, trial_id: str) -> Path:
+        """A trial's run folder (in its own piece's folder when the study was run in pieces)."""
+        row = self.results.set_index("trial_id").loc[trial_id]
+        return Path(row["piece"] if self.pieces else self.folder) / row.get("run_dir", f"trials/{trial_id}")
+
     def best_per_schedule(self) -> pd.DataFrame:
         """Each schedule's best configuration (highest mean best mAP over seeds), best first."""
         configs = self.configurations().sort_values("mAP_mean", ascending=False, na_position="last")
@@ -103,6 +112,79 @@ def load_study(folder: str | Path) -> Study:
     searched = [*(search.get("params") or {}), *(k for p in (search.get("when") or {}).values() for k in p)]
     keys = [k for k in dict.fromkeys(searched) if k in results.columns]
     return Study(folder, saved.get("_name", folder.name), saved, results, epochs, prefix, keys)
+
+
+# Settings that pieces of one study may differ in: which of its trials they ran, and where this
+# machine keeps the data.
+PIECE_KEYS = {("search", "schedules"), ("search", "seeds"), ("search", "when"), ("tune", "num_samples")}
+LOCAL_KEYS = {("data", "root"), ("data", "cache_dir"), ("data", "synthetic_dir")}
+
+
+def merge_pieces(studies: list[Study]) -> list[Study]:
+    """Merge the folders of one study run in pieces (same search space, different schedules or seeds).
+
+    A study too long for one machine or session runs as pieces, e.g. ``--set search.seeds=[0]
+    --set 'search.schedules=[finetune,base_cy]' --set tune.num_samples=2`` into its own folder each;
+    folders of the same study name are reported as one study. They must agree on every other
+    setting, on the ``when`` entries they share, and hold no trial (schedule and seed) twice.
+    """
+    merged: dict[str, list[Study]] = {}
+    for study in studies:
+        merged.setdefault(study.name, []).append(study)
+    return [group[0] if len(group) == 1 else _merge(group) for group in merged.values()]
+
+
+def _merge(pieces: list[Study]) -> Study:
+    first = pieces[0]
+    for piece in pieces[1:]:
+        for key in _differing_settings(first.saved, piece.saved):
+            raise UserError(
+                f"{first.folder} and {piece.folder} are pieces of study {first.name!r} but differ in "
+                f"{'.'.join(key)}; report them separately (each its own --out) or run them alike"
+            )
+    results = pd.concat([p.results.assign(piece=str(p.folder)) for p in pieces], ignore_index=True)
+    twice = results[results.duplicated(["schedule", SEED], keep=False)]
+    if not twice.empty:
+        row = twice.iloc[0]
+        folders = " and ".join(
+            twice[(twice["schedule"] == row["schedule"]) & (twice[SEED] == row[SEED])]["piece"]
+        )
+        raise UserError(f"{row['schedule']} seed {row[SEED]} was trained in {folders}: keep one of them")
+    epochs = pd.concat([p.epochs for p in pieces], ignore_index=True)
+    saved = _merged_settings([p.saved for p in pieces])
+    keys = list(dict.fromkeys(k for p in pieces for k in p.keys))
+    folders = tuple(p.folder for p in pieces)
+    return Study(first.folder, first.name, saved, results, epochs, first.prefix, keys, folders)
+
+
+def _differing_settings(a: dict[str, Any], b: dict[str, Any]) -> list[tuple[str, ...]]:
+    differing = []
+    for section in sorted(set(a) | set(b)):
+        left, right = a.get(section), b.get(section)
+        if not (isinstance(left, dict) and isinstance(right, dict)):
+            differing += [(section,)] if left != right else []
+            continue
+        for key in sorted(set(left) | set(right)):
+            if (section, key) in PIECE_KEYS | LOCAL_KEYS or left.get(key) == right.get(key):
+                continue
+            differing.append((section, key))
+    shared = set((a.get("search") or {}).get("when") or {}) & set((b.get("search") or {}).get("when") or {})
+    differing += [
+        ("search", "when", s) for s in sorted(shared) if a["search"]["when"][s] != b["search"]["when"][s]
+    ]
+    return differing
+
+
+def _merged_settings(saved: list[dict[str, Any]]) -> dict[str, Any]:
+    merged = copy.deepcopy(saved[0])
+    search = merged.setdefault("search", {})
+    search["schedules"] = list(dict.fromkeys(s for piece in saved for s in piece["search"]["schedules"]))
+    search["seeds"] = sorted({seed for piece in saved for seed in piece["search"]["seeds"]})
+    search["when"] = {k: v for piece in saved for k, v in ((piece["search"].get("when")) or {}).items()}
+    merged.setdefault("tune", {})["num_samples"] = sum(
+        (piece.get("tune") or {}).get("num_samples", 1) for piece in saved
+    )
+    return merged
 
 
 # ----------------------------------------------------------------------------- the report
@@ -155,9 +237,12 @@ def study_lines(
 
 def _overview(study: Study) -> str:
     trials = study.results
+    pieces = (
+        f" (run in {len(study.pieces)} pieces: {', '.join(map(str, study.pieces))})" if study.pieces else ""
+    )
     return (
-        f"{len(trials)} trials ({_counts(trials['status'])}) of {trials['schedule'].nunique()} schedules; "
-        f"ranked by best {study.metric} (the best of a run's evaluations; final: its last one); "
+        f"{len(trials)} trials ({_counts(trials['status'])}) of {trials['schedule'].nunique()} schedules"
+        f"{pieces}; ranked by best {study.metric} (the best of a run's evaluations; final: its last one); "
         "mean ± sample std over the seeds (n in the seeds column), in %."
     )
 
@@ -461,7 +546,7 @@ def best_configuration(study: Study) -> list[str]:
     lines += [
         "",
         f"Trials: {', '.join(row['trial_ids'])}. Train it again with "
-        f"`python -m study.train {study.folder / 'trials' / trial / 'config.yaml'} --out DIR`"
+        f"`python -m study.train {study.trial_folder(trial) / 'config.yaml'} --out DIR`"
         f"{final if study.prefix == 'val' else ''}.",
     ]
     return lines
@@ -470,6 +555,8 @@ def best_configuration(study: Study) -> list[str]:
 def importance_section(study: Study) -> list[str]:
     """Optuna parameter importance (PED-ANOVA) over the completed configurations, or why there is none."""
     db = study.folder / "optuna.db"
+    if study.pieces:
+        return ["Not computed: the study was run in pieces, each with an Optuna study of its own."]
     if not db.exists():
         return ["No Optuna study (optuna.db) in this folder."]
     if importlib.util.find_spec("optuna") is None:
@@ -932,6 +1019,11 @@ def main(argv: list[str] | None = None) -> None:
     studies = [load_study(folder) for folder in args.folders]
     for study in studies:
         print(f"{study.folder}: {len(study.results)} trials, {len(study.epochs)} epoch rows", flush=True)
+    studies = merge_pieces(studies)
+    for study in studies:
+        if study.pieces:
+            pieces = f"{len(study.pieces)} folders reported as one"
+            print(f"study {study.name}: {pieces}, {len(study.results)} trials in all")
     reports = []
     for study in studies:
         final = None

@@ -40,6 +40,7 @@ import dataclasses
 import math
 import os
 import re
+import sys
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -185,6 +186,8 @@ def load_search_space(path: str | Path, overrides: list[str] = ()) -> SearchSpac
     >>> load_search_space("search_spaces/demo.yaml", ["tune.num_samples=3"]).num_trials
     """
     data = apply_overrides(read_yaml(path), overrides)
+    if any(o.partition("=")[0].strip() == "search.schedules" for o in overrides):
+        _drop_conditions_of_uncompared_schedules(data, {o.partition("=")[0].strip() for o in overrides})
     data = expand_env(data)
     absolutize_paths(data)
     return parse_search_space(data, Path(path).stem)
@@ -230,6 +233,32 @@ def absolutize_paths(data: dict[str, Any]) -> None:
     weights = model.get("weights")
     if isinstance(weights, str) and weights not in ("imagenet", "packaged", "none"):
         model["weights"] = os.path.abspath(weights)
+
+
+def _drop_conditions_of_uncompared_schedules(data: dict[str, Any], overridden: set[str]) -> None:
+    """After ``--set search.schedules=[...]``: drop the file's ``when`` entries of the schedules left out.
+
+    A study run in pieces (some schedules here, the others on another machine) needs no edited copy
+    of its file; ``when`` entries given with ``--set`` are kept, so that a wrong one is still an error.
+    """
+    search = data.get("search")
+    if "search.when" in overridden or not isinstance(search, dict):
+        return
+    if not isinstance(search.get("when"), dict):
+        return
+    compared = search.get("schedules")
+    if not isinstance(compared, list):
+        return  # validation says what is wrong
+    compared = {str(s) for s in compared}
+    dropped = [
+        name
+        for name in search["when"]
+        if str(name) not in compared and not any(o.startswith(f"search.when.{name}") for o in overridden)
+    ]
+    for name in dropped:
+        del search["when"][name]
+    if dropped:
+        print(f"note: search.when of {', '.join(map(str, dropped))} dropped: not compared", file=sys.stderr)
 
 
 def parse_search_space(data: dict[str, Any], name: str) -> SearchSpace:

@@ -19,9 +19,11 @@ How the pieces fit:
 - A trial whose loss becomes NaN/inf reports a last result flagged ``diverged`` (metric 0, for Tune and
   ASHA only) and ends; the study goes on and Optuna records its configuration as FAIL.
 - A trial that fails (its node lost) restarts from its last checkpoint, up to TRIAL_RETRIES times.
-- Each trial keeps only its newest checkpoint; Tune holds a copy for ``--resume``. A resumed trial
-  continues from the newest checkpoint in its run folder and first reports again the epochs that a
-  kill left out of Tune's last snapshot, so neither ASHA nor the tables miss an epoch.
+- Each trial's newest checkpoint is kept once, in Tune's folder (``tune/<trial id>/checkpoint_*/``):
+  the trainer's file leaves the run folder once Tune holds its copy, and comes back from Tune when
+  the trial is restored. A resumed trial continues from the newest checkpoint, Tune's or one a kill
+  left in its run folder before Tune took it, and first reports again the epochs that a kill left
+  out of Tune's last snapshot, so neither ASHA nor the tables miss an epoch.
 
 Results in DIR (default ``runs/<search-space name>``): ``study.yaml`` (the resolved search space),
 ``.lock`` (held while a sweep runs there), ``tune/`` (Ray's experiment, for ``--resume``),
@@ -376,7 +378,8 @@ class EpochReporter:
         self.last = worst_value(self.mode)
         self.best: dict[str, Any] | None = None
 
-    def __call__(self, record: dict[str, Any], checkpoint: Path | None) -> None:
+    def __call__(self, record: dict[str, Any], checkpoint: Path | None, keep: bool = False) -> None:
+        """Report one epoch; its checkpoint leaves the run folder once Tune holds a copy, unless ``keep``."""
         self._remember(record)
         step = self.plan[record["epoch"] - 1]
         result = {
@@ -388,7 +391,7 @@ class EpochReporter:
             "diverged": False,
             **self._best_so_far(),
         }
-        self._report(result, checkpoint)
+        self._report(result, checkpoint, keep)
 
     def catch_up(self, tune_epoch: int) -> None:
         """Start a resumed trial: Tune restored it from ``tune_epoch`` (0: from scratch).
@@ -404,7 +407,7 @@ class EpochReporter:
                 self._remember(record)
             else:
                 last = newest is not None and record["epoch"] == checkpoint_epoch(newest)
-                self(record, newest if last else None)
+                self(record, newest if last else None, keep=True)  # the trainer resumes from it
 
     def report_divergence(self, message: str) -> None:
         """Report the epoch whose loss became NaN/inf as the trial's last result, flagged ``diverged``."""
@@ -443,14 +446,14 @@ class EpochReporter:
         best = {f"best_{k}": v for k, v in self.best.items() if k.startswith(f"{prefix}_")}
         return {**best, "best_epoch": self.best["epoch"]}
 
-    def _report(self, result: dict[str, Any], checkpoint: Path | None) -> None:
+    def _report(self, result: dict[str, Any], checkpoint: Path | None, keep: bool) -> None:
         from ray import tune
 
         if checkpoint is None:
             tune.report(result)
             return
         for old in checkpoint.parent.glob("epoch-*.pt"):
-            if old != checkpoint:  # the newest is enough to resume; Tune keeps a copy of it too
+            if old != checkpoint:  # what a restore or a kill left: Tune holds a newer one now
                 old.unlink(missing_ok=True)
         stage = self.run_dir / ".to-tune"
         shutil.rmtree(stage, ignore_errors=True)
@@ -462,6 +465,25 @@ class EpochReporter:
             tune.report(result, checkpoint=tune.Checkpoint.from_directory(str(stage)))
         finally:
             shutil.rmtree(stage, ignore_errors=True)
+        if not keep:  # Tune copied it into its folder before report returned
+            checkpoint.unlink(missing_ok=True)
+
+
+class CheckpointKeptOnce(Callback):
+    """Ray Tune callback: when a trial ends, its run folder's checkpoints go; Tune's copy is the one kept.
+
+    A running trial removes each file itself once Tune holds it (``EpochReporter``), but a trial
+    that ASHA stops ends inside that report, so the driver removes what is left.
+    """
+
+    def __init__(self, out: Path):
+        self.out = Path(out)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if trial.checkpoint is None:
+            return
+        for path in (self.out / "trials" / trial.trial_id / "checkpoints").glob("epoch-*.pt"):
+            path.unlink(missing_ok=True)
 
 
 def restore_from_tune(checkpoint: Any, run_dir: Path) -> int:
@@ -1127,8 +1149,8 @@ def make_tuner(space: SearchSpace, out: Path, mode: str, restore: bool) -> Any:
 
 
 def make_callbacks(space: SearchSpace, out: Path, mode: str) -> list:
-    """The results tables, and W&B unless it is disabled."""
-    callbacks: list = [StudyRecorder(out, space)]
+    """The results tables, one copy of each checkpoint, and W&B unless it is disabled."""
+    callbacks: list = [StudyRecorder(out, space), CheckpointKeptOnce(out)]
     if mode != "disabled":
         callbacks.append(StudyWandb(space, out, mode))
     return callbacks

@@ -250,6 +250,80 @@ def test_several_studies_make_one_report_with_out(tmp_path, synthetic_dir, capsy
     assert capsys.readouterr().err == message
 
 
+def split_into_pieces(whole, pieces):
+    """Copy the study in ``whole`` into folders of its trials: {folder name: [(schedule, seed), ...]}."""
+    import pandas as pd
+
+    saved = yaml.safe_load((whole / "study.yaml").read_text())
+    results, epochs = pd.read_csv(whole / "results.csv"), pd.read_csv(whole / "epochs.csv")
+    for name, trials in pieces.items():
+        folder = whole.parent / name
+        folder.mkdir()
+        keep = [(row.schedule, row.seed) in trials for row in results.itertuples()]
+        ids = set(results[keep]["trial_id"])
+        results[keep].to_csv(folder / "results.csv", index=False)
+        epochs[epochs["trial_id"].isin(ids)].to_csv(folder / "epochs.csv", index=False)
+        piece = yaml.safe_load(yaml.safe_dump(saved))
+        piece["search"]["schedules"] = list(dict.fromkeys(schedule for schedule, _ in trials))
+        piece["search"]["seeds"] = sorted({seed for _, seed in trials})
+        piece["search"]["when"] = {
+            k: v for k, v in saved["search"]["when"].items() if k in piece["search"]["schedules"]
+        }
+        piece["tune"]["num_samples"] = len(piece["search"]["schedules"])
+        (folder / "study.yaml").write_text(yaml.safe_dump(piece))
+    return [whole.parent / name for name in pieces]
+
+
+def test_the_pieces_of_a_study_are_reported_as_the_whole_study(tmp_path, synthetic_dir, capsys):
+    whole = tmp_path / "whole"
+    write_study(whole, synthetic_dir)
+    pieces = split_into_pieces(
+        whole,
+        {
+            "seed0": [("finetune", 0), ("incremental_rollback", 0)],
+            "seed1-ft": [("finetune", 1)],
+            "seed1-ir": [("incremental_rollback", 1)],
+        },
+    )
+    merged = report.merge_pieces([report.load_study(folder) for folder in pieces])
+    assert len(merged) == 1 and merged[0].pieces == tuple(pieces) and len(merged[0].results) == 4
+    assert merged[0].trial_folder("ir1") == pieces[2] / "trials" / "ir1"
+    report.main([str(folder) for folder in pieces] + ["--out", str(tmp_path / "pieces.md")])
+    assert "3 folders reported as one, 4 trials in all" in capsys.readouterr().out
+    report.main([str(whole), "--out", str(tmp_path / "whole.md")])
+    in_pieces, at_once = (tmp_path / "pieces.md").read_text(), (tmp_path / "whole.md").read_text()
+    for section in ("### Schedules", "### Against fine-tuning", "### val_mAP at each evaluation"):
+        assert section.replace("###", "##") in in_pieces
+        assert _section(in_pieces, section[4:]) == _section(at_once, section[4:])
+    assert "run in 3 pieces" in in_pieces and "Not computed: the study was run in pieces" in in_pieces
+
+
+def _section(text, title):
+    return text.split(f"## {title}\n")[1].split("\n## ")[0]
+
+
+def test_pieces_that_differ_or_overlap_are_one_line_errors(tmp_path, synthetic_dir, capsys):
+    whole = tmp_path / "whole"
+    write_study(whole, synthetic_dir)
+    first, second = split_into_pieces(
+        whole, {"a": [("finetune", 0), ("finetune", 1)], "b": [("finetune", 1)]}
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        report.main([str(first), str(second), "--out", str(tmp_path / "r.md")])
+    assert exit_info.value.code == 2
+    assert (
+        capsys.readouterr().err
+        == f"error: finetune seed 1 was trained in {first} and {second}: keep one of them\n"
+    )
+    saved = yaml.safe_load((second / "study.yaml").read_text())
+    saved["schedule"]["period_epochs"] = 3
+    (second / "study.yaml").write_text(yaml.safe_dump(saved))
+    with pytest.raises(
+        report.UserError, match=r"are pieces of study 'mini' but differ in schedule.period_epochs"
+    ):
+        report.merge_pieces([report.load_study(first), report.load_study(second)])
+
+
 def test_final_retrains_the_best_and_finetune_once_per_seed_on_the_test_protocol(tmp_path, synthetic_dir):
     write_study(tmp_path, synthetic_dir)
     report.main([str(tmp_path), "--final"])

@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 import study.search_space as search_space
@@ -258,6 +259,21 @@ def test_shipped_search_spaces_load(monkeypatch):
     }
 
 
+def test_a_piece_of_a_study_drops_the_conditions_of_schedules_it_does_not_run(capsys):
+    converged = Path(__file__).resolve().parents[2] / "search_spaces" / "cuhk03_converged.yaml"
+    piece = search_space.load_search_space(
+        converged,
+        ["search.seeds=[0]", "search.schedules=[finetune,incremental_rollback]", "tune.num_samples=2"],
+    )
+    assert piece.schedules == ("finetune", "incremental_rollback") and piece.seeds == (0,)
+    assert set(piece.when) == {"finetune"}
+    assert "search.when of fc_warmup dropped: not compared" in capsys.readouterr().err
+    with pytest.raises(UserError, match="unknown compared schedule 'fc_warmup'"):  # a --set of it: a mistake
+        search_space.load_search_space(
+            converged, ["search.schedules=[finetune]", "search.when.fc_warmup.schedule.epochs=105"]
+        )
+
+
 def test_missing_data_set_is_one_line_error(tmp_path):
     config = search_space.config_from_dict({"data": {"root": str(tmp_path / "Market-1501")}})
     with pytest.raises(UserError, match="does not exist; download the data set there"):
@@ -348,7 +364,7 @@ def test_reporter_carries_the_metric_forward_and_counts_periods(tmp_path, monkey
         None,
         ["config.yaml", "epoch-0004.pt", "metrics.csv"],
     ]
-    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["epoch-0004.pt"]
+    assert list((run_dir / "checkpoints").iterdir()) == []  # once Tune holds a copy: kept once, there
     assert not (run_dir / ".to-tune").exists()
 
     reporter.report_divergence("training loss became nan in epoch 5")
@@ -537,14 +553,17 @@ def test_wandb_offline_runs_hold_each_trials_config(study_dir):
         assert b"__trial_index__" not in log
 
 
-def test_trial_folders_keep_one_checkpoint(study_dir):
+def test_each_trial_keeps_its_last_checkpoint_once_in_tunes_folder(study_dir):
     out, _ = study_dir
     for row in _csv(out / "results.csv"):
         folder = out / row["run_dir"]
         assert (folder / "config.yaml").exists()
+        assert list(folder.rglob("*.pt")) == []
         if row["status"] != "diverged":  # a trial diverging in its first epoch has no metrics yet
             assert (folder / "metrics.csv").exists()
-            assert len(list((folder / "checkpoints").glob("epoch-*.pt"))) == 1
+            (checkpoint,) = (out / "tune" / row["trial_id"]).glob("checkpoint_*/epoch-*.pt")
+            saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+            assert saved["epoch"] == int(row["epochs"]) == sweep.checkpoint_epoch(checkpoint)
         if row["status"] == "diverged":  # the trainer's summary says so too
             assert json.loads((folder / "summary.json").read_text())["status"] == "diverged"
 

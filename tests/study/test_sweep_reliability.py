@@ -142,7 +142,7 @@ class Sweeps:
 
     def kill_all(self) -> None:
         """SIGKILL every process this run started, until none is left."""
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 600  # a hang guard, far above any load
         while pids := self.processes():
             assert time.monotonic() < deadline, f"processes {pids} survive SIGKILL"
             for pid in pids:
@@ -221,14 +221,14 @@ def test_kill_9_then_resume_keeps_finished_trials_and_continues_the_others(tmp_p
         log = tmp_path / "first.log"
         with log.open("w") as file:
             process = sweeps.start(space, out, stdout=file, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 90
-        while True:  # until Ray's snapshot holds one trial finished and the other with a checkpoint
+        # Until Ray's snapshot holds one trial finished and the other with a checkpoint: no clock, the
+        # loop ends at that event or fails when the study ends without it.
+        while True:
             states = tune_snapshot(out).values()
             finished = [s for s, _ in states if s == "TERMINATED"]
             if finished and any(s == "RUNNING" and c for s, c in states):
                 break
             assert process.poll() is None, f"the study ended before it could be killed: {log.read_text()}"
-            assert time.monotonic() < deadline, f"no kill point within 90 s; Tune's snapshot: {states}"
             time.sleep(0.05)
         os.kill(process.pid, signal.SIGKILL)
         process.wait()
@@ -243,7 +243,8 @@ def test_kill_9_then_resume_keeps_finished_trials_and_continues_the_others(tmp_p
         finished_before = folder_state(out / "trials" / finished_id)
         (other_id,) = {p.name for p in (out / "trials").iterdir()} - {finished_id}
         other = out / "trials" / other_id
-        reached = max(sweep.checkpoint_epoch(p) for p in (other / "checkpoints").glob("epoch-*.pt"))
+        saved = [*(other / "checkpoints").glob("epoch-*.pt"), *(out / "tune" / other_id).glob("*/epoch-*.pt")]
+        reached = max(sweep.checkpoint_epoch(p) for p in saved)  # Tune's copy, or one a kill left behind
         assert 1 <= reached < EPOCHS
         metrics_before = metric_rows(other)
 
@@ -472,7 +473,7 @@ def test_a_folder_holding_another_study_is_refused_and_left_untouched(key_study,
         (["--resume"], f"error: {out} holds a different study (section tune differs)"),
     ):
         command = [sys.executable, "-m", "study.sweep", str(other), "--out", str(out), *extra]
-        result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1800)
         assert result.returncode == 2
         assert result.stderr.startswith(message) and result.stderr.count("\n") == 1
     assert folder_state(out) == before
