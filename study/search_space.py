@@ -1,6 +1,6 @@
 """Search-space files: a run config plus ``search`` and ``tune`` sections, parsed and validated.
 
-The format (see study/sweep.py for how a study runs it)::
+The format (see study/sweep/__init__.py for how a study runs it)::
 
     search:
       schedules: [finetune, incremental_rollback]   # compared side by side, assigned round robin

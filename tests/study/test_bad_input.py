@@ -13,6 +13,9 @@ import torch
 import torchvision
 import yaml
 
+import study.sweep.cli as sweep_cli
+import study.sweep.preflight as sweep_preflight
+import study.sweep.tuner as sweep_tuner
 from study.config import ModelConfig
 from study.errors import UserError
 from study.models import build_model
@@ -479,8 +482,6 @@ def test_sweep_address_where_nothing_listens_is_refused_at_once(space_file, tmp_
 def test_an_address_that_never_answers_is_given_up_after_a_few_seconds(monkeypatch):
     import socket
 
-    import study.sweep as sweep_module
-
     waited = []
 
     def silent(address, timeout):
@@ -491,25 +492,23 @@ def test_an_address_that_never_answers_is_given_up_after_a_few_seconds(monkeypat
     with pytest.raises(
         UserError, match=r"no Ray cluster answers at ray://head:10001 \(no answer within 5 s\)"
     ):
-        sweep_module.check_address("ray://head:10001")
+        sweep_preflight.check_address("ray://head:10001")
     with pytest.raises(UserError, match=r"RAY_ADDRESS"):
-        sweep_module.check_address("head:6379", "RAY_ADDRESS")
+        sweep_preflight.check_address("head:6379", "RAY_ADDRESS")
     assert waited == [5.0, 5.0]
 
 
 def test_address_auto_without_a_cluster_is_one_line(monkeypatch):
     import ray._private.services
 
-    import study.sweep as sweep_module
-
     def nothing_runs(address):
         raise ConnectionError("Could not find any running Ray instance.")
 
     monkeypatch.setattr(ray._private.services, "canonicalize_bootstrap_address", nothing_runs)
     with pytest.raises(UserError, match="--address auto: no Ray cluster runs on this machine"):
-        sweep_module.check_address("auto")
-    sweep_module.check_address("local")  # starts a Ray of the study's own: nothing to check
-    sweep_module.check_address(None)
+        sweep_preflight.check_address("auto")
+    sweep_preflight.check_address("local")  # starts a Ray of the study's own: nothing to check
+    sweep_preflight.check_address(None)
 
 
 def test_resources_this_machine_lacks_are_refused_before_ray_starts(space_file, tmp_path):
@@ -521,21 +520,20 @@ def test_resources_this_machine_lacks_are_refused_before_ray_starts(space_file, 
 
 def test_resources_a_cluster_lacks_leave_no_study_folder(space_file, tmp_path, monkeypatch, capsys):
     """On a cluster the check needs Ray joined, after the study folder's scratch space is made."""
-    import study.sweep as sweep_module
 
     def joined(address, scratch):
         scratch.mkdir(parents=True)  # as init_ray does
 
     import ray
 
-    monkeypatch.setattr(sweep_module, "check_ray", lambda address, tune: None)
-    monkeypatch.setattr(sweep_module, "init_ray", joined)
+    monkeypatch.setattr(sweep_cli, "check_ray", lambda address, tune: None)
+    monkeypatch.setattr(sweep_tuner, "init_ray", joined)
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True, "Resources": {"CPU": 2.0}}])  # the cluster
     monkeypatch.setattr(ray, "shutdown", lambda: None)
     out = tmp_path / "study"
     with pytest.raises(SystemExit) as exit_info:
-        sweep_module.main([str(space_file), "--out", str(out), "--set", "tune.resources.cpu=4"])
+        sweep_cli.main([str(space_file), "--out", str(out), "--set", "tune.resources.cpu=4"])
     assert exit_info.value.code == 2
     assert "tune.resources.cpu=4 per trial, but this Ray machine has 2 CPUs" in capsys.readouterr().err
     assert not out.exists()

@@ -17,7 +17,12 @@ import torch
 import yaml
 
 import study.search_space as search_space
-import study.sweep as sweep
+import study.sweep.cli as sweep_cli
+import study.sweep.preflight as sweep_preflight
+import study.sweep.searcher as sweep_searcher
+import study.sweep.tables as sweep_tables
+import study.sweep.trial as sweep_trial
+import study.sweep.tuner as sweep_tuner
 from study.errors import UserError
 
 # A small valid search space; each bad case below changes one thing in it.
@@ -189,7 +194,7 @@ def test_variants_are_compared_under_their_labels_with_their_own_parameters():
     assert keep_b5.schedule["period_epochs"] == 3 and keep_b5.schedule["retained"] == [[], ["B5"]]
     assert [p.key for p in space.params_for("keep_B5")][-1] == "schedule.gamma"
     assert "schedule.retained_lr" in [p.key for p in space.params_for("keep_B3")]
-    assert [sweep.schedule_of(space, c) for c in range(3)] == list(space.schedules)
+    assert [sweep_searcher.schedule_of(space, c) for c in range(3)] == list(space.schedules)
 
 
 def test_optuna_define_by_run_samples_only_the_schedules_parameters():
@@ -199,8 +204,8 @@ def test_optuna_define_by_run_samples_only_the_schedules_parameters():
     space = search_space.parse_search_space(copy.deepcopy(VALID), "ok")
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     for configuration in range(space.tune.num_samples):
-        study.enqueue_trial({"schedule.name": sweep.schedule_of(space, configuration)})
-    suggest = sweep.Suggest(space)
+        study.enqueue_trial({"schedule.name": sweep_searcher.schedule_of(space, configuration)})
+    suggest = sweep_searcher.Suggest(space)
     seen = []
     for _ in range(4):
         trial = study.ask()
@@ -242,10 +247,10 @@ def test_shipped_search_spaces_load(monkeypatch):
     from schedules import registered
 
     assert set(schedules.schedules) == set(registered())
-    budgets = sweep.describe(schedules).split("epochs per trial: ")[1].split(", ")
+    budgets = sweep_cli.describe(schedules).split("epochs per trial: ")[1].split(", ")
     assert budgets == [f"{name} 40" for name in schedules.schedules]  # the same epoch budget each
     converged = search_space.load_search_space(folder / "cuhk03_converged.yaml")
-    budgets = sweep.describe(converged).split("epochs per trial: ")[1].split(", ")
+    budgets = sweep_cli.describe(converged).split("epochs per trial: ")[1].split(", ")
     assert budgets == [f"{name} 120" for name in ("finetune", "incremental_rollback", "base_cy", "fc_warmup")]
     from study.config import load_config
 
@@ -277,25 +282,25 @@ def test_a_piece_of_a_study_drops_the_conditions_of_schedules_it_does_not_run(ca
 def test_missing_data_set_is_one_line_error(tmp_path):
     config = search_space.config_from_dict({"data": {"root": str(tmp_path / "Market-1501")}})
     with pytest.raises(UserError, match="does not exist; download the data set there"):
-        sweep.check_data(config)
+        sweep_preflight.check_data(config)
 
 
 def test_resources_no_machine_has_are_refused():
     settings = search_space.TuneSettings(metric="val_mAP", cpu=1, gpu=1)
     with pytest.raises(UserError, match=r"gpu=1 per trial, but this Ray machine has 0 GPUs"):
-        sweep.check_resources(settings, [{"CPU": 2.0}])
+        sweep_preflight.check_resources(settings, [{"CPU": 2.0}])
     two_small = [{"CPU": 2.0}, {"CPU": 2.0}]  # 4 CPUs in all, but a trial runs on one machine
     with pytest.raises(UserError, match=r"cpu=4 per trial, but the Ray cluster's largest machine has 2 CPUs"):
-        sweep.check_resources(search_space.TuneSettings(metric="val_mAP", cpu=4), two_small)
+        sweep_preflight.check_resources(search_space.TuneSettings(metric="val_mAP", cpu=4), two_small)
     quarter_gpu = search_space.TuneSettings(metric="val_mAP", cpu=2, gpu=0.25)
-    sweep.check_resources(quarter_gpu, [{"CPU": 2.0, "GPU": 1.0}])
+    sweep_preflight.check_resources(quarter_gpu, [{"CPU": 2.0, "GPU": 1.0}])
 
 
 def test_cli_exits_2_with_one_line(tmp_path, capsys):
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(params_with("schedule.lr", {"loguniform": [0.1, 0.01]})))
     with pytest.raises(SystemExit) as exit_info:
-        sweep.main([str(path), "--out", str(tmp_path / "out")])
+        sweep_cli.main([str(path), "--out", str(tmp_path / "out")])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(
@@ -307,18 +312,18 @@ def test_cli_exits_2_with_one_line(tmp_path, capsys):
 def test_study_folder_is_refused_unless_resuming_the_same_study(tmp_path):
     space = search_space.parse_search_space(copy.deepcopy(VALID), "ok")
     with pytest.raises(UserError, match="holds no study to resume"):
-        sweep.check_study_dir(tmp_path, space, resume=True)
+        sweep_preflight.check_study_dir(tmp_path, space, resume=True)
     (tmp_path / "other.txt").write_text("x")
     with pytest.raises(UserError, match="is not empty and holds no study"):
-        sweep.check_study_dir(tmp_path, space, resume=False)
+        sweep_preflight.check_study_dir(tmp_path, space, resume=False)
     (tmp_path / "other.txt").unlink()
     (tmp_path / "study.yaml").write_text(yaml.safe_dump({"_name": "ok", **space.source}))
     with pytest.raises(UserError, match="already holds the study 'ok'; pass --resume"):
-        sweep.check_study_dir(tmp_path, space, resume=False)
-    assert sweep.check_study_dir(tmp_path, space, resume=True) is False  # no Ray experiment yet
+        sweep_preflight.check_study_dir(tmp_path, space, resume=False)
+    assert sweep_preflight.check_study_dir(tmp_path, space, resume=True) is False  # no Ray experiment yet
     other = search_space.parse_search_space(changed("tune.num_samples", 2), "ok")
     with pytest.raises(UserError, match="holds a different study \\(section tune differs\\)"):
-        sweep.check_study_dir(tmp_path, other, resume=True)
+        sweep_preflight.check_study_dir(tmp_path, other, resume=True)
 
 
 class FakeTune:
@@ -344,7 +349,7 @@ def test_reporter_carries_the_metric_forward_and_counts_periods(tmp_path, monkey
     (run_dir / "checkpoints").mkdir(parents=True)
     for name in ("config.yaml", "metrics.csv"):
         (run_dir / name).write_text("x")
-    reporter = sweep.EpochReporter(plan, search_space.TuneSettings(metric="val_mAP"), run_dir)
+    reporter = sweep_trial.EpochReporter(plan, search_space.TuneSettings(metric="val_mAP"), run_dir)
     for epoch, value in [(1, None), (2, 0.3), (3, None), (4, 0.5)]:
         record = {"epoch": epoch, "period": (epoch + 1) // 2, "loss": 1.0}
         if value is not None:
@@ -377,19 +382,19 @@ def test_trial_summary_keeps_the_peak_gpu_memory_for_choosing_fractions():
         {"epoch": 1, "loss": 4.0, "seconds": 2.0, "val_mAP": None, "peak_gpu_mib": 900.0},
         {"epoch": 2, "loss": 3.0, "seconds": 3.0, "val_mAP": 0.2, "peak_gpu_mib": 1200.0},
     ]
-    summary = sweep.trial_summary(rows, "val")
+    summary = sweep_tables.trial_summary(rows, "val")
     assert summary["peak_gpu_mib"] == 1200.0 and summary["train_seconds"] == 5.0
     assert summary["best_val_mAP"] == 0.2 and summary["best_epoch"] == 2
     cpu_rows = [{k: v for k, v in row.items() if k != "peak_gpu_mib"} for row in rows]
-    assert sweep.trial_summary(cpu_rows, "val")["peak_gpu_mib"] is None
+    assert sweep_tables.trial_summary(cpu_rows, "val")["peak_gpu_mib"] is None
 
 
 def test_a_study_with_failed_trials_exits_1(tmp_path, synthetic_dir, monkeypatch, capsys):
     space = tmp_path / "tiny.yaml"
     space.write_text(TINY_STUDY.format(synthetic_dir=synthetic_dir))
-    monkeypatch.setattr(sweep, "run_study", lambda *args: ["finished", "error", "diverged", "finished"])
+    monkeypatch.setattr(sweep_tuner, "run_study", lambda *args: ["finished", "error", "diverged", "finished"])
     with pytest.raises(SystemExit) as exit_info:
-        sweep.main([str(space), "--out", str(tmp_path / "study"), "--set", "wandb.mode=disabled"])
+        sweep_cli.main([str(space), "--out", str(tmp_path / "study"), "--set", "wandb.mode=disabled"])
     assert exit_info.value.code == 1
     out = capsys.readouterr().out
     assert "4 trials: 2 finished, 1 error, 1 diverged" in out
@@ -397,11 +402,11 @@ def test_a_study_with_failed_trials_exits_1(tmp_path, synthetic_dir, monkeypatch
 
 
 def test_trial_status():
-    assert sweep.trial_status("TERMINATED", [{"epochs_planned": 2}] * 2) == "finished"
-    assert sweep.trial_status("TERMINATED", [{"epochs_planned": 4}] * 2) == "stopped"
-    assert sweep.trial_status("TERMINATED", [{"epochs_planned": 4}, {"diverged": True}]) == "diverged"
-    assert sweep.trial_status("ERROR", [{"epochs_planned": 4}]) == "error"
-    assert sweep.trial_status("PENDING", []) == "pending"
+    assert sweep_tables.trial_status("TERMINATED", [{"epochs_planned": 2}] * 2) == "finished"
+    assert sweep_tables.trial_status("TERMINATED", [{"epochs_planned": 4}] * 2) == "stopped"
+    assert sweep_tables.trial_status("TERMINATED", [{"epochs_planned": 4}, {"diverged": True}]) == "diverged"
+    assert sweep_tables.trial_status("ERROR", [{"epochs_planned": 4}]) == "error"
+    assert sweep_tables.trial_status("PENDING", []) == "pending"
 
 
 # ----------------------------------------------------------------------------- one real study
@@ -453,7 +458,7 @@ def study_dir(tmp_path_factory, synthetic_dir):
             patch.setenv(name, str(tmp / name.lower()))
         ray.init(num_cpus=2, include_dashboard=False, _temp_dir=ray_tmp, logging_level="WARNING")
         try:
-            sweep.main([str(space), "--out", str(out)])
+            sweep_cli.main([str(space), "--out", str(out)])
             yield out, space
         finally:
             ray.shutdown()
@@ -563,7 +568,7 @@ def test_each_trial_keeps_its_last_checkpoint_once_in_tunes_folder(study_dir):
             assert (folder / "metrics.csv").exists()
             (checkpoint,) = (out / "tune" / row["trial_id"]).glob("checkpoint_*/epoch-*.pt")
             saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
-            assert saved["epoch"] == int(row["epochs"]) == sweep.checkpoint_epoch(checkpoint)
+            assert saved["epoch"] == int(row["epochs"]) == sweep_trial.checkpoint_epoch(checkpoint)
         if row["status"] == "diverged":  # the trainer's summary says so too
             assert json.loads((folder / "summary.json").read_text())["status"] == "diverged"
 
@@ -571,7 +576,7 @@ def test_each_trial_keeps_its_last_checkpoint_once_in_tunes_folder(study_dir):
 def test_same_folder_again_is_refused_without_resume(study_dir, capsys):
     out, space = study_dir
     with pytest.raises(SystemExit) as exit_info:
-        sweep.main([str(space), "--out", str(out)])
+        sweep_cli.main([str(space), "--out", str(out)])
     assert exit_info.value.code == 2
     assert "already holds the study 'tiny'; pass --resume" in capsys.readouterr().err
 
@@ -594,7 +599,7 @@ def test_report_on_the_study(study_dir):
 def test_resume_of_a_finished_study_keeps_its_results(study_dir):
     out, space = study_dir
     before = _csv(out / "results.csv")
-    sweep.main([str(space), "--out", str(out), "--resume"])
+    sweep_cli.main([str(space), "--out", str(out), "--resume"])
     after = _csv(out / "results.csv")
     assert [(r["trial_id"], r["status"], r["epochs"]) for r in after] == [
         (r["trial_id"], r["status"], r["epochs"]) for r in before

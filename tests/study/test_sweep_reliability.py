@@ -29,7 +29,10 @@ import pytest
 import yaml
 
 import study.search_space as search_space
-import study.sweep as sweep
+import study.sweep.preflight as sweep_preflight
+import study.sweep.searcher as sweep_searcher
+import study.sweep.trial as sweep_trial
+import study.sweep.wandb_mode as sweep_wandb
 from study.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -244,7 +247,9 @@ def test_kill_9_then_resume_keeps_finished_trials_and_continues_the_others(tmp_p
         (other_id,) = {p.name for p in (out / "trials").iterdir()} - {finished_id}
         other = out / "trials" / other_id
         saved = [*(other / "checkpoints").glob("epoch-*.pt"), *(out / "tune" / other_id).glob("*/epoch-*.pt")]
-        reached = max(sweep.checkpoint_epoch(p) for p in saved)  # Tune's copy, or one a kill left behind
+        reached = max(
+            sweep_trial.checkpoint_epoch(p) for p in saved
+        )  # Tune's copy, or one a kill left behind
         assert 1 <= reached < EPOCHS
         metrics_before = metric_rows(other)
 
@@ -304,7 +309,7 @@ def ask(self, *args, **kwargs):
         os.kill(os.getpid(), signal.SIGKILL)
     return trial
 optuna.Study.ask = ask
-from study.sweep import main
+from study.sweep.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -422,13 +427,13 @@ def test_the_wandb_key_is_never_printed_or_written(key_study):
 def test_a_second_sweep_on_a_study_folder_in_use_is_refused(key_study, tmp_path):
     """The lock is the kernel's (flock): held here as by a running sweep, released however it ends."""
     out, space, _, _ = key_study
-    with child_sweeps(tmp_path) as sweeps, sweep.study_lock(out):
+    with child_sweeps(tmp_path) as sweeps, sweep_preflight.study_lock(out):
         before = folder_state(out)
         second = sweeps.run(space, out, "--resume")
     assert second.returncode == 2 and second.stderr.count("\n") == 1, second.stderr
     assert f"{out} is in use by another python -m study.sweep (process {os.getpid()})" in second.stderr
     assert folder_state(out) == before
-    with sweep.study_lock(out):  # released when its holder let go
+    with sweep_preflight.study_lock(out):  # released when its holder let go
         pass
 
 
@@ -498,7 +503,7 @@ def test_optuna_learns_fail_complete_or_pruned_once_every_seed_of_a_configuratio
     """FAIL for a diverged or errored seed; the mean when all finished; PRUNED (with the mean at every
     completed period as intermediate values) when ASHA stopped a seed early or none reported a value."""
     space = seeds_space(tmp_path, 6)
-    searcher = sweep.make_searcher(space, tmp_path)
+    searcher = sweep_searcher.make_searcher(space, tmp_path)
     ok, diverged = {"val_mAP": 0.25, "epoch": 2, "epochs_planned": 2}, {"val_mAP": 0.0, "diverged": True}
     stopped = {"val_mAP": 0.5, "epoch": 1, "epochs_planned": 2}
     outcomes = {  # configuration -> how each of its two seeds ends
@@ -520,7 +525,7 @@ def test_optuna_learns_fail_complete_or_pruned_once_every_seed_of_a_configuratio
             searcher.on_trial_result(ids[1], {"val_mAP": 0.25, "validated": True, "periods_done": 2})
         for trial_id, end in zip(ids, ends, strict=True):
             searcher.on_trial_complete(trial_id, **end)
-    assert searcher.suggest("one-too-many") == sweep.Searcher.FINISHED
+    assert searcher.suggest("one-too-many") == sweep_searcher.Searcher.FINISHED
     trials = optuna_trials(tmp_path, "seeds")
     assert [(t.state.name, t.value) for t in trials] == [
         ("COMPLETE", 0.5),
@@ -537,7 +542,7 @@ def test_optuna_learns_fail_complete_or_pruned_once_every_seed_of_a_configuratio
 def test_a_paired_study_runs_every_schedule_at_each_sampled_value_set(tmp_path):
     space = seeds_space(tmp_path, 4, schedules=["finetune", "base_cy"])
     space = dataclasses.replace(space, paired=True)
-    searcher = sweep.make_searcher(space, tmp_path)
+    searcher = sweep_searcher.make_searcher(space, tmp_path)
     configs = [searcher.suggest(f"t{i}") for i in range(8)]  # 4 configurations x 2 seeds
     first = configs[::2]
     assert [c["schedule.name"] for c in first] == ["finetune", "base_cy"] * 2
@@ -560,7 +565,7 @@ def test_a_resumed_searcher_adopts_the_optuna_trials_its_snapshot_never_saw(tmp_
     """Killed after Optuna stored a configuration but before Tune's snapshot: the resumed study runs
     that configuration (same values, same Optuna trial) and not a new one, and tells nothing twice."""
     space = seeds_space(tmp_path, 3, schedules=["finetune", "base_cy"])
-    searcher = sweep.make_searcher(space, tmp_path)
+    searcher = sweep_searcher.make_searcher(space, tmp_path)
     first = [searcher.suggest(f"a{i}") for i in range(2)]
     for i in range(2):
         searcher.on_trial_complete(f"a{i}", {"val_mAP": 0.5, "epoch": 2, "epochs_planned": 2})
@@ -568,7 +573,7 @@ def test_a_resumed_searcher_adopts_the_optuna_trials_its_snapshot_never_saw(tmp_
     searcher.save(str(snapshot))  # Tune's last snapshot: configuration 0 done, 1 not asked yet
     lost = searcher.suggest("b0")  # configuration 1 asked (Optuna holds it RUNNING), then a kill
 
-    resumed = pickle.loads(pickle.dumps(sweep.make_searcher(space, tmp_path)))  # as in tuner.pkl
+    resumed = pickle.loads(pickle.dumps(sweep_searcher.make_searcher(space, tmp_path)))  # as in tuner.pkl
     resumed.restore(str(snapshot))
     again = [resumed.suggest(f"c{i}") for i in range(2)]
     assert {k: v for k, v in again[0].items() if k != "train.seed"} == {
@@ -579,7 +584,7 @@ def test_a_resumed_searcher_adopts_the_optuna_trials_its_snapshot_never_saw(tmp_
         resumed.on_trial_complete(f"c{i}", {"val_mAP": 0.25, "epoch": 2, "epochs_planned": 2})
     last = [resumed.suggest(f"d{i}") for i in range(2)]
     assert last[0]["schedule.name"] == "finetune" and last[0]["__configuration__"] == 2
-    assert resumed.suggest("e") == sweep.Searcher.FINISHED
+    assert resumed.suggest("e") == sweep_searcher.Searcher.FINISHED
     trials = optuna_trials(tmp_path, "seeds")
     assert [(t.user_attrs["configuration"], t.state.name) for t in trials] == [
         (0, "COMPLETE"),
@@ -631,7 +636,7 @@ def test_a_resumed_trial_reports_the_epochs_tune_missed(tmp_path, monkeypatch, t
     if tune_epoch:  # what restore_from_tune copies in from Tune's checkpoint
         (run_dir / "checkpoints" / f"epoch-{tune_epoch:04d}-mid.pt").write_bytes(b"tune's")
 
-    reporter = sweep.EpochReporter(plan, search_space.TuneSettings(metric="val_mAP"), run_dir)
+    reporter = sweep_trial.EpochReporter(plan, search_space.TuneSettings(metric="val_mAP"), run_dir)
     reporter.catch_up(tune_epoch)
 
     assert [epoch for epoch, _, _ in fake.reports] == reported
@@ -640,7 +645,7 @@ def test_a_resumed_trial_reports_the_epochs_tune_missed(tmp_path, monkeypatch, t
     if reported:  # the last one carries the checkpoint the trainer resumes from
         assert fake.reports[-1][2] == ["config.yaml", "epoch-0003-mid.pt", "metrics.csv"]
         assert all(files is None for _, _, files in fake.reports[:-1])
-    assert sweep.checkpoint_epoch(sweep.newest_checkpoint(run_dir)) == 3
+    assert sweep_trial.checkpoint_epoch(sweep_trial.newest_checkpoint(run_dir)) == 3
     assert reporter.epoch == 3 and reporter.last == 0.3
 
 
@@ -652,8 +657,8 @@ def test_restore_from_tune_returns_the_epoch_it_restores(tmp_path):
     for name, data in (("epoch-0002-mid.pt", b"w"), ("config.yaml", b"c"), ("metrics.csv", b"m")):
         (saved / name).write_bytes(data)
     run_dir = tmp_path / "trial"
-    assert sweep.restore_from_tune(None, run_dir) == 0
-    assert sweep.restore_from_tune(Checkpoint.from_directory(str(saved)), run_dir) == 2
+    assert sweep_trial.restore_from_tune(None, run_dir) == 0
+    assert sweep_trial.restore_from_tune(Checkpoint.from_directory(str(saved)), run_dir) == 2
     assert (run_dir / "checkpoints" / "epoch-0002-mid.pt").read_bytes() == b"w"
     assert (run_dir / "metrics.csv").read_text() == "m"
 
@@ -661,17 +666,22 @@ def test_restore_from_tune_returns_the_epoch_it_restores(tmp_path):
 def test_the_offline_notice_says_why_w_and_b_is_offline(monkeypatch, tmp_path):
     monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
     monkeypatch.setenv("WANDB_MODE", "offline")
-    mode = sweep.wandb_mode("auto")
+    mode = sweep_wandb.wandb_mode("auto")
     assert mode == "offline"
-    assert sweep.wandb_notice("auto", mode, tmp_path).startswith("W&B: WANDB_MODE=offline; logging offline")
+    assert sweep_wandb.wandb_notice("auto", mode, tmp_path).startswith(
+        "W&B: WANDB_MODE=offline; logging offline"
+    )
     monkeypatch.delenv("WANDB_MODE")
-    assert sweep.wandb_mode("auto") == "online" and sweep.wandb_notice("auto", "online", tmp_path) is None
+    assert (
+        sweep_wandb.wandb_mode("auto") == "online"
+        and sweep_wandb.wandb_notice("auto", "online", tmp_path) is None
+    )
     monkeypatch.delenv("WANDB_API_KEY")
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
-    assert sweep.wandb_notice("auto", sweep.wandb_mode("auto"), tmp_path).startswith(
+    assert sweep_wandb.wandb_notice("auto", sweep_wandb.wandb_mode("auto"), tmp_path).startswith(
         "W&B: no API key configured; logging offline"
     )
-    assert sweep.wandb_notice("offline", "offline", tmp_path) is None  # asked for: nothing to explain
+    assert sweep_wandb.wandb_notice("offline", "offline", tmp_path) is None  # asked for: nothing to explain
 
 
 def test_a_search_space_never_expands_the_wandb_key(monkeypatch):

@@ -1,0 +1,103 @@
+"""``python -m study.sweep``: check everything a study needs before Ray starts, then run it."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+from pathlib import Path
+
+from study.config import config_from_dict
+from study.errors import UserError, cli
+from study.files import check_output_folder, remove_stale_temporaries
+from study.search_space import (
+    SearchSpace,
+    load_search_space,
+    set_dotted,
+)
+from study.sweep.preflight import (
+    LOCK,
+    check_data,
+    check_installed,
+    check_ray,
+    check_study_dir,
+    study_lock,
+)
+from study.sweep.wandb_mode import wandb_mode, wandb_notice
+
+
+@cli
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m study.sweep",
+        description="Run a study: Ray Tune trials, Optuna TPE, W&B logging.",
+        epilog="The search-space format is described in study/search_space.py and atop search_spaces/*.yaml.",
+    )
+    parser.add_argument("search_space", help="search-space YAML: a run config plus search and tune sections")
+    parser.add_argument("--out", help="study folder (default runs/<search-space name>)")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. tune.num_samples=4"
+    )
+    parser.add_argument(
+        "--address", help="join this Ray cluster (e.g. auto, or HOST:6379) instead of starting a local one"
+    )
+    parser.add_argument("--resume", action="store_true", help="continue the study in --out")
+    args = parser.parse_args(argv)
+
+    space = load_search_space(args.search_space, args.set)
+    base = config_from_dict(space.base)
+    mode = wandb_mode(base.wandb.mode)
+    check_installed(mode)
+    out = Path(args.out or Path("runs") / space.name).resolve()
+    check_output_folder(out)
+    restore = check_study_dir(out, space, args.resume)
+    check_ray(args.address, space.tune)
+    check_data(base)
+    if notice := wandb_notice(base.wandb.mode, mode, out):
+        print(notice)
+    fresh = not out.exists()
+    try:
+        with study_lock(out):
+            remove_stale_temporaries(out)  # of result tables a kill interrupted; under the lock
+            print(describe(space))
+            from study.sweep.tuner import run_study  # imports Ray: only once check_installed passed
+
+            statuses = run_study(space, out, args.address, restore, mode)
+    except UserError:
+        if fresh:  # refused before any trial (a cluster short of resources): leave no empty folder
+            with contextlib.suppress(OSError):
+                (out / LOCK).unlink(missing_ok=True)
+                out.rmdir()
+        raise
+    print(summary_line(statuses))
+    print(f"wrote {out}/results.csv and {out}/epochs.csv; next: python -m study.report {out}")
+    if "interrupted" in statuses or len(statuses) < space.num_trials:
+        print(f"interrupted; continue with: python -m study.sweep {args.search_space} --out {out} --resume")
+        raise SystemExit(130)
+    if "error" in statuses:  # a bug or a lost machine, not a bad configuration: diverged trials are results
+        print(f"{statuses.count('error')} trial(s) failed; their errors are in {out}/tune/*/error.txt")
+        raise SystemExit(1)
+
+
+def describe(space: SearchSpace) -> str:
+    """``study demo: 6 trials (3 configurations x 2 seeds); epochs per trial: finetune 9, ...``."""
+    from schedules import build_schedule
+
+    epochs = []
+    for schedule in space.schedules:
+        data = space.base_for(schedule)
+        for param in space.params_for(schedule):
+            if param.fixed:
+                set_dotted(data, param.key, param.args[0])
+        tuned = any(not p.fixed and p.schedule_param for p in space.params_for(schedule))
+        total = build_schedule(config_from_dict(data).schedule).total_epochs
+        epochs.append(f"{schedule} {total}{' at the base values' if tuned else ''}")
+    return (
+        f"study {space.name}: {space.num_trials} trials ({space.tune.num_samples} configurations x "
+        f"{len(space.seeds)} seeds); epochs per trial: {', '.join(epochs)}"
+    )
+
+
+def summary_line(statuses: list[str]) -> str:
+    """``8 trials: 5 finished, 2 stopped, 1 diverged``."""
+    counts = {s: statuses.count(s) for s in dict.fromkeys(statuses)}
+    return f"{len(statuses)} trials: " + ", ".join(f"{n} {s}" for s, n in counts.items())

@@ -1,0 +1,181 @@
+"""Before a study starts: what it needs is installed, its folder, data set and Ray address are usable, its
+resources exist; and the lock that keeps a second sweep out of its folder. Needs no Ray at import."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import importlib.util
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+from study.config import RunConfig, read_yaml
+from study.errors import UserError
+from study.search_space import (
+    SearchSpace,
+    TuneSettings,
+)
+
+EXPERIMENT = "tune"  # Ray's experiment folder inside the study folder
+LOCK = ".lock"  # held by the sweep running in a study folder
+# How long a Ray address may take to accept a connection before it counts as unreachable.
+ADDRESS_TIMEOUT_S = 5.0
+RAY_CLIENT_PORT = 10001
+
+
+def check_installed(wandb_mode: str) -> None:
+    """A study needs the sweep extra, unlike the trainer: Ray Tune, Optuna and (unless disabled) W&B.
+
+    >>> check_installed("disabled")  # UserError naming what is missing, e.g. "needs ray and optuna"
+    """
+    needed = ["ray", "optuna"] + (["wandb"] if wandb_mode != "disabled" else [])
+    missing = [name for name in needed if importlib.util.find_spec(name) is None]
+    if missing == ["wandb"]:
+        raise UserError("W&B logging needs wandb: pip install wandb, or set wandb.mode=disabled")
+    if missing:
+        names = f"{', '.join(missing[:-1])} and {missing[-1]}" if len(missing) > 1 else missing[0]
+        raise UserError(f"python -m study.sweep needs {names}: pip install -e '.[sweep]'")
+
+
+def check_study_dir(out: Path, space: SearchSpace, resume: bool) -> bool:
+    """Refuse a folder holding another study (or this one without --resume); True when Ray can restore it."""
+    marker = out / "study.yaml"
+    if marker.exists():
+        saved = read_yaml(marker)
+        if not resume:
+            raise UserError(
+                f"{out} already holds the study {saved.get('_name', '?')!r}; "
+                "pass --resume to continue it or choose another --out"
+            )
+        if {k: v for k, v in saved.items() if k != "_name"} != space.source:
+            sections = sorted({*saved, *space.source} - {"_name"})
+            differ = [s for s in sections if saved.get(s) != space.source.get(s)]
+            raise UserError(
+                f"{out} holds a different study (section {', '.join(differ)} differs); resume with the same "
+                "search space and --set options, or choose another --out"
+            )
+        return (out / EXPERIMENT / "tuner.pkl").exists()
+    if resume:
+        raise UserError(f"{out} holds no study to resume; run without --resume to start one")
+    if out.exists() and any(p.name != LOCK for p in out.iterdir()):
+        raise UserError(f"{out} is not empty and holds no study; choose another --out")
+    return False
+
+
+def check_data(config: RunConfig) -> None:
+    """Generate the synthetic data set once, or check the data set's layout and split, before any trial."""
+    from study.data import split_samples
+
+    if config.data.root != "synthetic" and not Path(config.data.root).exists():
+        raise UserError(
+            f"data.root {config.data.root!r} does not exist; download the data set there, "
+            "or point data.root at it (--set data.root=PATH)"
+        )
+    split_samples(config.data)
+
+
+def check_resources(tune_settings: TuneSettings, machines: list[dict[str, float]]) -> None:
+    """Refuse per-trial resources that no machine of the Ray cluster can ever give (a trial runs on one).
+
+    >>> check_resources(TuneSettings("val_mAP", gpu=1), [{"CPU": 16.0}])  # UserError: no GPU
+    """
+    for name, key, asked in (("cpu", "CPU", tune_settings.cpu), ("gpu", "GPU", tune_settings.gpu)):
+        most = max((machine.get(key, 0) for machine in machines), default=0)
+        if asked > most:
+            where = "the Ray cluster's largest machine has" if len(machines) > 1 else "this Ray machine has"
+            raise UserError(
+                f"tune.resources.{name}={asked:g} per trial, but {where} {most:g} {key}s; "
+                f"lower tune.resources.{name} (--set tune.resources.{name}=...) or add machines"
+            )
+
+
+def check_address(address: str | None, option: str = "--address") -> None:
+    """Refuse a Ray address that is malformed or where nothing answers within ADDRESS_TIMEOUT_S.
+
+    None and ``local`` start a Ray of this study's own; ``auto`` is looked up as Ray does (a cluster
+    running on this machine); ``HOST:PORT`` is a cluster's GCS, ``ray://HOST[:PORT]`` a Ray Client
+    server (port 10001 by default). A TCP connection is tried before ``ray.init``, which would retry
+    for minutes.
+
+    >>> check_address("127.0.0.1:6399")  # UserError: no Ray cluster answers at 127.0.0.1:6399 ...
+    """
+    if address in (None, "", "local"):
+        return
+    shown, target = address, address
+    if address == "auto":
+        from study.sweep.ray_private import local_cluster_address
+
+        try:
+            target = local_cluster_address()
+        except ConnectionError:
+            raise UserError(
+                f"{option} auto: no Ray cluster runs on this machine; start one with `ray start --head`,"
+                f" or leave out {option} to start a Ray of this study's own"
+            ) from None
+        if target is None:  # Ray moved its lookup; ray.init still reports errors
+            return
+        shown = f"{target} ({option} auto)"
+    rest = target.removeprefix("ray://")
+    host, colon, port = rest.rpartition(":")
+    if target.startswith("ray://") and not colon:
+        host, port = rest, str(RAY_CLIENT_PORT)
+    host = host.strip("[]")  # [::1]:6379
+    if not (host and "/" not in host and port.isdigit() and 0 < int(port) < 65536):
+        raise UserError(
+            f"{option} {address!r} is not a Ray address; use auto, HOST:PORT (a cluster's head, "
+            "e.g. 10.0.0.5:6379) or ray://HOST:PORT"
+        )
+    try:
+        with socket.create_connection((host, int(port)), timeout=ADDRESS_TIMEOUT_S):
+            pass
+    except OSError as error:
+        reason = "no answer" if isinstance(error, TimeoutError) else error.strerror or type(error).__name__
+        raise UserError(
+            f"no Ray cluster answers at {shown} ({reason} within {ADDRESS_TIMEOUT_S:g} s); start one with"
+            f" `ray start --head --port={port}` there, or check {option}"
+        ) from None
+
+
+def check_ray(address: str | None, tune_settings: TuneSettings) -> None:
+    """Before anything is created: the Ray to join answers, and a Ray started here can run a trial.
+
+    ``address`` is --address (else RAY_ADDRESS); nothing is checked when this process already joined
+    a Ray, where the study runs. A cluster's resources are checked once joined (``check_resources``).
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    option = "--address" if address else "RAY_ADDRESS"
+    address = address or os.environ.get("RAY_ADDRESS")
+    check_address(address, option)
+    if address in (None, "", "local"):  # Ray starts here, with at most this machine's CPUs and GPUs
+        import torch
+
+        check_resources(tune_settings, [{"CPU": os.cpu_count() or 1, "GPU": torch.cuda.device_count()}])
+
+
+@contextlib.contextmanager
+def study_lock(out: Path) -> Iterator[None]:
+    """Hold DIR/.lock while the study runs: a second sweep on the folder is refused with one line.
+
+    The kernel releases the lock when this process ends, however it ends, so a killed sweep leaves
+    nothing stuck; the file only names the last holder.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / LOCK).open("a+") as file:
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            file.seek(0)
+            holder = file.read().strip() or "?"
+            raise UserError(
+                f"{out} is in use by another python -m study.sweep (process {holder}); "
+                "wait for it to end, or choose another --out"
+            ) from None
+        file.truncate(0)
+        file.write(f"{os.getpid()}\n")
+        file.flush()
+        yield

@@ -1,0 +1,246 @@
+"""One trial: train a sampled configuration with the shared trainer, reporting every epoch to Tune.
+
+Tune staging: a checkpoint goes to Tune with each period end (and mid-period one) and leaves the
+run folder once Tune holds its copy; a restored trial gets it back from Tune.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import math
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ray.tune import Callback
+
+from study.search_space import (
+    SearchSpace,
+    TuneSettings,
+)
+from study.sweep.ray_private import quiet_checkpoint_lines
+from study.sweep.searcher import trial_params
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """What every trial needs besides its sampled config."""
+
+    space: SearchSpace
+    out: str
+
+
+def run_trial(config: dict[str, Any], context: TrialContext) -> None:
+    """Ray Tune trainable: train one sampled configuration with the shared trainer, reporting every epoch."""
+    from ray import tune
+
+    from schedules import build_schedule
+    from study.trainer import Diverged, train_run
+
+    quiet_checkpoint_lines()
+    trial_id = tune.get_context().get_trial_id()
+    sampled = trial_params(config)
+    run_config = context.space.run_config(sampled)
+    run_dir = Path(context.out) / "trials" / trial_id
+    tune_epoch = restore_from_tune(tune.get_checkpoint(), run_dir)
+    plan = build_schedule(run_config.schedule).plan()
+    reporter = EpochReporter(plan, context.space.tune, run_dir)
+    reporter.catch_up(tune_epoch)
+    try:
+        train_run(run_config, run_dir, resume=True, on_epoch=reporter)
+    except Diverged as error:
+        reporter.report_divergence(str(error))
+
+
+def periods_done(step: Any) -> int:
+    """Completed periods after an epoch: the counter ASHA measures time in."""
+    return step.period if step.last_in_period else step.period - 1
+
+
+def worst_value(mode: str) -> float:
+    """The metric reported before the first validation and after a divergence."""
+    return 0.0 if mode == "max" else math.inf
+
+
+class EpochReporter:
+    """The trainer's ``on_epoch``: reports each epoch's record to Tune, with the checkpoint when there is one.
+
+    Every report carries the tuning metric: the last validated value is carried forward on epochs
+    without validation (0 for mode max before the first one), and ``validated`` says which epochs
+    computed it. ``periods_done`` counts completed periods; ASHA's rungs fall on period ends.
+    ``best_*`` hold the best validated epoch so far, so W&B's summary (the last values) shows the best.
+    """
+
+    def __init__(self, plan: list, tune_settings: TuneSettings, run_dir: Path):
+        self.plan = plan
+        self.metric = tune_settings.metric
+        self.mode = tune_settings.mode
+        self.run_dir = run_dir
+        self.epoch = 0
+        self.last = worst_value(self.mode)
+        self.best: dict[str, Any] | None = None
+
+    def __call__(self, record: dict[str, Any], checkpoint: Path | None, keep: bool = False) -> None:
+        """Report one epoch; its checkpoint leaves the run folder once Tune holds a copy, unless ``keep``."""
+        self._remember(record)
+        step = self.plan[record["epoch"] - 1]
+        result = {
+            **record,
+            self.metric: self.last,
+            "validated": self.metric in record,
+            "periods_done": periods_done(step),
+            "epochs_planned": len(self.plan),
+            "diverged": False,
+            **self._best_so_far(),
+        }
+        self._report(result, checkpoint, keep)
+
+    def catch_up(self, tune_epoch: int) -> None:
+        """Start a resumed trial: Tune restored it from ``tune_epoch`` (0: from scratch).
+
+        The trainer continues from the newest checkpoint in the run folder, which a kill may have
+        left ahead of Tune's last snapshot; the epochs in between are reported again (the last with
+        that checkpoint), so Tune, ASHA and the tables miss none of them.
+        """
+        history = history_to_resume(self.run_dir)
+        newest = newest_checkpoint(self.run_dir)
+        for record in history:
+            if record["epoch"] <= tune_epoch:
+                self._remember(record)
+            else:
+                last = newest is not None and record["epoch"] == checkpoint_epoch(newest)
+                self(record, newest if last else None, keep=True)  # the trainer resumes from it
+
+    def report_divergence(self, message: str) -> None:
+        """Report the epoch whose loss became NaN/inf as the trial's last result, flagged ``diverged``."""
+        from ray import tune
+
+        epoch = min(self.epoch + 1, len(self.plan))
+        step = self.plan[epoch - 1]
+        result = {
+            "epoch": epoch,
+            "period": step.period,
+            "loss": math.nan,
+            self.metric: worst_value(self.mode),
+            "validated": False,
+            "periods_done": step.period - 1,
+            "epochs_planned": len(self.plan),
+            "diverged": True,
+            **self._best_so_far(),
+        }
+        print(f"trial diverged: {message}")
+        tune.report(result)
+
+    def _remember(self, record: dict[str, Any]) -> None:
+        self.epoch = record["epoch"]
+        value = record.get(self.metric)
+        if value is None:
+            return
+        self.last = value
+        best = None if self.best is None else self.best[self.metric]
+        if best is None or (value > best if self.mode == "max" else value < best):
+            self.best = record
+
+    def _best_so_far(self) -> dict[str, Any]:
+        if self.best is None:
+            return {}
+        prefix = self.metric.split("_")[0]
+        best = {f"best_{k}": v for k, v in self.best.items() if k.startswith(f"{prefix}_")}
+        return {**best, "best_epoch": self.best["epoch"]}
+
+    def _report(self, result: dict[str, Any], checkpoint: Path | None, keep: bool) -> None:
+        from ray import tune
+
+        if checkpoint is None:
+            tune.report(result)
+            return
+        for old in checkpoint.parent.glob("epoch-*.pt"):
+            if old != checkpoint:  # what a restore or a kill left: Tune holds a newer one now
+                old.unlink(missing_ok=True)
+        stage = self.run_dir / ".to-tune"
+        shutil.rmtree(stage, ignore_errors=True)
+        stage.mkdir(parents=True)
+        try:
+            _link_or_copy(checkpoint, stage / checkpoint.name)
+            for name in ("config.yaml", "metrics.csv"):
+                shutil.copy2(self.run_dir / name, stage / name)
+            tune.report(result, checkpoint=tune.Checkpoint.from_directory(str(stage)))
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+        if not keep:  # Tune copied it into its folder before report returned
+            checkpoint.unlink(missing_ok=True)
+
+
+class CheckpointKeptOnce(Callback):
+    """Ray Tune callback: when a trial ends, its run folder's checkpoints go; Tune's copy is the one kept.
+
+    A running trial removes each file itself once Tune holds it (``EpochReporter``), but a trial
+    that ASHA stops ends inside that report, so the driver removes what is left.
+    """
+
+    def __init__(self, out: Path):
+        self.out = Path(out)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if trial.checkpoint is None:
+            return
+        for path in (self.out / "trials" / trial.trial_id / "checkpoints").glob("epoch-*.pt"):
+            path.unlink(missing_ok=True)
+
+
+def restore_from_tune(checkpoint: Any, run_dir: Path) -> int:
+    """Copy the checkpoint Tune restores a trial from into its run folder (the trial may have moved).
+
+    Returns the checkpoint's epoch, 0 when Tune starts the trial from scratch.
+    """
+    if checkpoint is None:
+        return 0
+    epoch = 0
+    with checkpoint.as_directory() as folder:
+        for file in Path(folder).iterdir():
+            target = run_dir / ("checkpoints" if file.suffix == ".pt" else "") / file.name
+            if file.suffix == ".pt":
+                epoch = checkpoint_epoch(file)
+            if not target.exists():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(file, target)
+    return epoch
+
+
+def checkpoint_epoch(path: Path) -> int:
+    """The epoch of ``checkpoints/epoch-NNNN.pt`` or ``epoch-NNNN-mid.pt``."""
+    return int(path.stem[6:10])
+
+
+def newest_checkpoint(run_dir: Path) -> Path | None:
+    """The run folder's checkpoint of the latest epoch, the one the trainer resumes from."""
+    return max((run_dir / "checkpoints").glob("epoch-*.pt"), key=checkpoint_epoch, default=None)
+
+
+def history_to_resume(run_dir: Path) -> list[dict[str, Any]]:
+    """The epochs a resumed run keeps: metrics.csv rows up to the newest checkpoint."""
+    newest = newest_checkpoint(run_dir)
+    metrics = run_dir / "metrics.csv"
+    if newest is None or not metrics.exists():
+        return []
+    last = checkpoint_epoch(newest)
+    with metrics.open() as file:
+        rows = [{k: _number(v) for k, v in row.items() if v != ""} for row in csv.DictReader(file)]
+    return [row for row in rows if row["epoch"] <= last]
+
+
+def _number(text: str) -> int | float | str:
+    for kind in (int, float):
+        with contextlib.suppress(ValueError):
+            return kind(text)
+    return text
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
