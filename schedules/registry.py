@@ -20,9 +20,7 @@ _SCHEDULES: dict[str, type[Schedule]] = {}
 def register(name: str) -> Callable[[S], S]:
     """Class decorator: make a Schedule subclass available by ``name`` in configs.
 
-    >>> @register("my_schedule")
-    ... @dataclass(frozen=True)
-    ... class MySchedule(Schedule): ...
+    For example, ``@register("my_schedule")`` above ``@dataclass(frozen=True) class MySchedule(Schedule)``.
     """
 
     def decorate(cls: S) -> S:
@@ -56,6 +54,7 @@ def schedule_class(name: str) -> type[Schedule]:
 def build_schedule(spec: Mapping[str, Any]) -> Schedule:
     """Build a schedule from a config section ``{name: ..., param: value, ...}``.
 
+    >>> from schedules import build_schedule  # the package: it registers the built-in schedules
     >>> build_schedule({"name": "incremental_rollback", "period_epochs": 2}).total_epochs
     8
     """

@@ -20,7 +20,7 @@ from study.errors import UserError
 def choose_device(name: str) -> torch.device:
     """``auto`` is CUDA when present, else the CPU; other names are checked against this machine.
 
-    >>> choose_device("auto")
+    >>> choose_device("cpu")
     device(type='cpu')
     """
     if name == "auto":

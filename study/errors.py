@@ -32,7 +32,7 @@ def unknown(kind: str, name: str, valid: Iterable[str]) -> UserError:
 
 
 def description(doc: str | None) -> str:
-    """A module docstring's first paragraph as ``--help`` text: on one line, without reST ``code`` marks.
+    r"""A module docstring's first paragraph as ``--help`` text: on one line, without reST ``code`` marks.
 
     >>> description("``python -m x``: does y.\n\nMore.")
     'python -m x: does y.'

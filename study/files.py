@@ -40,8 +40,7 @@ def atomic_open(path: str | Path) -> Iterator[BinaryIO]:
 
     The file gets the permissions a plain ``open(path, "wb")`` would give (0666 less the umask).
 
-    >>> with atomic_open("runs/x/model.pt") as file:
-    ...     torch.save(state, file)
+    For example ``with atomic_open("runs/x/model.pt") as file: torch.save(state, file)``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -100,8 +99,8 @@ def remove_stale_temporaries(folder: str | Path) -> list[Path]:
     A temporary file is stale when its writer was a process of this machine that has ended, or when
     it is over a day old. Returns the files deleted.
 
-    >>> remove_stale_temporaries("runs/one/checkpoints")  # after a kill -9 inside a checkpoint write
-    [PosixPath('runs/one/checkpoints/.epoch-0003.pt.node1.4242.9f86d081.tmp')]
+    After a kill -9 inside a checkpoint write, ``remove_stale_temporaries("runs/one/checkpoints")``
+    removes and returns ``[PosixPath('runs/one/checkpoints/.epoch-0003.pt.node1.4242.9f86d081.tmp')]``.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -144,7 +143,8 @@ def check_output_folder(path: str | Path, option: str = "--out") -> None:
     Really tries: creates and removes a probe file in the folder, or in its nearest existing parent
     (permission bits say nothing for root, nor for read-only file systems).
 
-    >>> check_output_folder("/proc/run")  # UserError: --out '/proc/run' cannot be created: ...
+    For example ``check_output_folder("/proc/run")`` raises
+    ``UserError("--out '/proc/run' cannot be created: ...")``.
     """
     path = Path(path)
     if path.is_file():
@@ -155,7 +155,8 @@ def check_output_folder(path: str | Path, option: str = "--out") -> None:
 def check_output_file(path: str | Path, option: str, suffixes: Iterable[str] = ()) -> None:
     """Refuse an output file that is a folder, cannot be written, or lacks one of ``suffixes``.
 
-    >>> check_output_file("ranks", "--show-out", (".png", ".jpg"))  # UserError: needs .png or .jpg
+    For example ``check_output_file("ranks", "--show-out", (".png", ".jpg"))`` raises a UserError:
+    it needs .png or .jpg.
     """
     path = Path(path)
     suffixes = tuple(suffixes)

@@ -27,7 +27,7 @@ def retrain_final(study: Study, seeds: list[int] | None = None, jobs: int = 1) -
 
     Runs go to DIR/final/LABEL/seed-N; finished ones are read back, interrupted ones resumed.
 
-    >>> retrain_final(load_study("runs/cuhk03_periods"), seeds=[0, 1, 2], jobs=3)
+    For example ``retrain_final(load_study("runs/cuhk03_periods"), seeds=[0, 1, 2], jobs=3)``.
     """
     from schedules import build_schedule
     from study.config import config_from_dict
@@ -88,7 +88,7 @@ def _train_final(config: Any, folder: Path, what: str) -> None:
 def threads_per_job(jobs: int) -> int:
     """The torch CPU threads of each of ``jobs`` runs at once: an equal share of this process's cores.
 
-    >>> threads_per_job(3)  # 5 on a 16-core machine, 1 on a 2-core one
+    ``threads_per_job(3)`` is 5 on a 16-core machine, 1 on a 2-core one.
     """
     import os
 

@@ -37,7 +37,7 @@ def k_reciprocal_rerank(
     Distances must be non-negative and symmetric within each set, such as the squared Euclidean
     distances of study.metrics.pairwise_distance.
 
-    >>> dist = k_reciprocal_rerank(q_g, q_q, g_g)  # then rank_metrics(dist, ...)
+    Use: ``dist = k_reciprocal_rerank(q_g, q_q, g_g)``, then ``rank_metrics(dist, ...)``.
     """
     q_g, q_q, g_g = (np.asarray(d, dtype=np.float32) for d in (q_g_dist, q_q_dist, g_g_dist))
     _check_arguments(q_g, q_q, g_g, k1, k2, lambda_value)

@@ -170,7 +170,7 @@ class SearchSpace:
     def run_config(self, sampled: dict[str, Any]) -> RunConfig:
         """The run config of one trial: the base, the sampled schedule and values, no progress bars.
 
-        >>> space.run_config({"schedule.name": "base_cy", "schedule.lr": 0.02, "train.seed": 1})
+        For example ``space.run_config({"schedule.name": "base_cy", "schedule.lr": 0.02, "train.seed": 1})``.
         """
         data = self.base_for(sampled.get(SCHEDULE_KEY, self.schedules[0]))
         for key, value in sampled.items():
@@ -183,7 +183,8 @@ class SearchSpace:
 def load_search_space(path: str | Path, overrides: list[str] = ()) -> SearchSpace:
     """Read, override (``--set``), expand ``${VAR}`` and validate a search-space file.
 
-    >>> load_search_space("search_spaces/demo.yaml", ["tune.num_samples=3"]).num_trials
+    For example ``load_search_space("search_spaces/demo.yaml", ["tune.num_samples=3"]).num_trials``
+    is 6 (two seeds each).
     """
     data = apply_overrides(read_yaml(path), overrides)
     if any(o.partition("=")[0].strip() == "search.schedules" for o in overrides):
@@ -196,7 +197,8 @@ def load_search_space(path: str | Path, overrides: list[str] = ()) -> SearchSpac
 def expand_env(value: Any, where: str = "") -> Any:
     """Replace ``${NAME}`` in every string with the environment variable NAME (one-line error when unset).
 
-    >>> expand_env({"data": {"root": "${MARKET1501_ROOT}"}})  # {'data': {'root': '/data/Market-1501'}}
+    With MARKET1501_ROOT=/data/Market-1501, ``expand_env({"data": {"root": "${MARKET1501_ROOT}"}})`` is
+    ``{'data': {'root': '/data/Market-1501'}}``.
     """
     if isinstance(value, dict):
         return {k: expand_env(v, f"{where}.{k}" if where else str(k)) for k, v in value.items()}

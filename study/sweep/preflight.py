@@ -28,7 +28,7 @@ RAY_CLIENT_PORT = 10001
 def check_installed(wandb_mode: str) -> None:
     """A study needs the sweep extra, unlike the trainer: Ray Tune, Optuna and (unless disabled) W&B.
 
-    >>> check_installed("disabled")  # UserError naming what is missing, e.g. "needs ray and optuna"
+    ``check_installed("disabled")`` raises a UserError naming what is missing, e.g. "needs ray and optuna".
     """
     needed = ["ray", "optuna"] + (["wandb"] if wandb_mode != "disabled" else [])
     missing = [name for name in needed if importlib.util.find_spec(name) is None]
@@ -79,7 +79,7 @@ def check_data(config: RunConfig) -> None:
 def check_resources(tune_settings: TuneSettings, machines: list[dict[str, float]]) -> None:
     """Refuse per-trial resources that no machine of the Ray cluster can ever give (a trial runs on one).
 
-    >>> check_resources(TuneSettings("val_mAP", gpu=1), [{"CPU": 16.0}])  # UserError: no GPU
+    ``check_resources(TuneSettings("val_mAP", gpu=1), [{"CPU": 16.0}])`` raises a UserError: no GPU.
     """
     for name, key, asked in (("cpu", "CPU", tune_settings.cpu), ("gpu", "GPU", tune_settings.gpu)):
         most = max((machine.get(key, 0) for machine in machines), default=0)
@@ -99,7 +99,7 @@ def check_address(address: str | None, option: str = "--address") -> None:
     server (port 10001 by default). A TCP connection is tried before ``ray.init``, which would retry
     for minutes.
 
-    >>> check_address("127.0.0.1:6399")  # UserError: no Ray cluster answers at 127.0.0.1:6399 ...
+    ``check_address("127.0.0.1:6399")`` raises ``UserError("no Ray cluster answers at 127.0.0.1:6399 ...")``.
     """
     if address in (None, "", "local"):
         return

@@ -77,7 +77,7 @@ class StudySearcher(Searcher):
     configurations they were asked for (instead of asking new ones) and never tells a trial twice,
     so it runs exactly the planned configurations and seeds.
 
-    >>> StudySearcher(space, "sqlite:///runs/demo/optuna.db")  # what make_searcher builds
+    ``make_searcher`` builds ``StudySearcher(space, "sqlite:///runs/demo/optuna.db")``.
     """
 
     def __init__(self, space: SearchSpace, storage: str):
