@@ -17,6 +17,7 @@ from schedules.core import (
     Schedule,
     ScheduleError,
     StepDecay,
+    Warmup,
     shrink_perturb,
     uniform_lr,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "Schedule",
     "ScheduleError",
     "StepDecay",
+    "Warmup",
     "build_schedule",
     "register",
     "registered",

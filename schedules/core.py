@@ -117,7 +117,27 @@ class ConstantDecay:
         return 1.0
 
 
-Decay = StepDecay | CosineDecay | ConstantDecay
+@dataclass(frozen=True)
+class Warmup:
+    """A linear warm-up over the first ``epochs`` epochs of a period, times ``decay``'s factor.
+
+    Epoch i (from 0) of the period runs at (i + 1) / (epochs + 1) of the rate, so epoch ``epochs`` is
+    the first at the full rate: ``Warmup(2, StepDecay("half"))`` in a 6-epoch period gives the factors
+    1/3, 2/3, 1, 0.1, 0.1, 0.1. Rolled-back blocks restart at a high rate; this eases them in.
+    """
+
+    epochs: int
+    decay: Decay = ConstantDecay()
+
+    def __post_init__(self) -> None:
+        require_positive(epochs=self.epochs)
+
+    def factor(self, epoch: int, epochs: int) -> float:
+        ramp = (epoch + 1) / (self.epochs + 1) if epoch < self.epochs else 1.0
+        return ramp * self.decay.factor(epoch, epochs)
+
+
+Decay = StepDecay | CosineDecay | ConstantDecay | Warmup
 
 
 # ----------------------------------------------------------------------------- periods
@@ -195,7 +215,9 @@ class Schedule:
     """Base class of every schedule: a frozen dataclass of parameters plus ``build()``.
 
     Subclass it, declare the parameters as dataclass fields with defaults,
-    validate them in ``validate()``, and return the periods from ``build()``::
+    validate them in ``validate()``, and return the periods from ``build()``.
+    Every schedule also has ``lr_warmup_epochs`` (0: none): a linear warm-up of the learning rates at
+    the start of each of its periods (``Warmup``), around the decay the period has::
 
         @register("two_phase")
         @dataclass(frozen=True)
@@ -208,6 +230,8 @@ class Schedule:
     """
 
     name = "schedule"
+    # Keyword-only, so subclasses declare their own parameters as before (and it comes last).
+    lr_warmup_epochs: int = field(default=0, kw_only=True)
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
@@ -215,6 +239,19 @@ class Schedule:
 
     def __post_init__(self) -> None:
         self.validate()
+        if self.lr_warmup_epochs:
+            self._check_warmup()
+
+    def _check_warmup(self) -> None:
+        warmup = self.lr_warmup_epochs
+        if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+            raise ScheduleError(f"lr_warmup_epochs must be a whole number >= 0, got {warmup!r}")
+        for number, period in enumerate(self.build(), start=1):
+            if warmup >= period.epochs:
+                raise ScheduleError(
+                    f"lr_warmup_epochs={warmup} must be shorter than every period, "
+                    f"but period {number} has {period.epochs} epochs"
+                )
 
     def validate(self) -> None:
         """Raise ScheduleError for parameter values that make no sense."""
@@ -223,15 +260,23 @@ class Schedule:
         """The periods, in order. Pure: depends on the parameters only."""
         raise NotImplementedError
 
+    @classmethod
+    def parameter_names(cls) -> tuple[str, ...]:
+        """The schedule's parameters in declaration order, the shared ``lr_warmup_epochs`` last."""
+        names = [f.name for f in dataclasses.fields(cls) if f.init]
+        return tuple(sorted(names, key=lambda name: name == "lr_warmup_epochs"))
+
     def params(self) -> dict[str, object]:
         """The schedule's parameters as a plain dict (what configs hold and W&B logs)."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {name: getattr(self, name) for name in self.parameter_names()}
 
     def plan(self) -> list[EpochPlan]:
-        """Expand the periods into one EpochPlan per epoch."""
+        """Expand the periods into one EpochPlan per epoch (with ``lr_warmup_epochs``' warm-up in each)."""
         periods = self.build()
         if not periods:
             raise ScheduleError(f"schedule {self.name!r} has no periods")
+        if self.lr_warmup_epochs:
+            periods = [dataclasses.replace(p, decay=Warmup(self.lr_warmup_epochs, p.decay)) for p in periods]
         rows, epoch = [], 0
         for number, period in enumerate(periods, start=1):
             for inside in range(period.epochs):
