@@ -35,6 +35,7 @@ from study.files import (
     remove_stale_temporaries,
 )
 from study.models import ReIDNet, build_model, group_state, snapshot
+from study.regularizers import make_regularizers
 
 EpochCallback = Callable[[dict[str, Any], Path | None], None]
 
@@ -81,11 +82,14 @@ def train_run(
     if channels_last:
         model.to(memory_format=torch.channels_last)
     forward = torch.compile(model) if config.train.compile else model
+    regularizers = make_regularizers(model, initial, config.train)  # L2-SP and the EMA, when configured
     optimizer: torch.optim.Optimizer | None = None
     history: list[dict[str, Any]] = []
 
     if checkpoint is not None:
         optimizer, history = _restore(checkpoint, model, config, device)
+        regularizers.load(checkpoint)
+        regularizers.attach(optimizer)
     place = cache_placement(config, data.train.images, device)
     batches = TrainBatches(
         data.train,
@@ -100,8 +104,10 @@ def train_run(
     for step in plan[len(history) :]:
         if step.first_in_period:
             apply_resets(model, step.resets, initial, config, data.num_classes, step.period)
+            regularizers.restart(model, step.resets)  # the EMA of a reset group restarts with it
             if step.reset_optimizer or optimizer is None:
                 optimizer = make_optimizer(model, config)
+                regularizers.attach(optimizer)
         set_frozen(model, step.frozen)
         set_learning_rates(optimizer, step.lr)
 
@@ -113,7 +119,7 @@ def train_run(
             raise
         record |= block_drift(model, initial)
         if _evaluation_due(step, config, len(plan)):
-            record |= evaluate_model(model, data, config, device)
+            record |= evaluate_model(regularizers.evaluated(model), data, config, device)
         history.append(record)
         atomic_write_csv(out_dir / "metrics.csv", history)
         if config.train.progress:
@@ -121,7 +127,7 @@ def train_run(
 
         saved = None
         if _checkpoint_due(step, config):
-            saved = save_checkpoint(out_dir, model, optimizer, config, history, step)
+            saved = save_checkpoint(out_dir, model, optimizer, config, history, step, regularizers.state())
         if len(history) == len(plan):  # first: a sweep's scheduler may end the trial in on_epoch
             atomic_write_json(out_dir / "summary.json", summarize(history, config))
         if on_epoch is not None:
@@ -390,8 +396,11 @@ def save_checkpoint(
     config: RunConfig,
     history: list[dict[str, Any]],
     step: EpochPlan,
+    extra: dict[str, Any] | None = None,
 ) -> Path:
-    """Write ``checkpoints/epoch-NNNN.pt`` at period ends; inside periods only the newest ``-mid`` one."""
+    """Write ``checkpoints/epoch-NNNN.pt`` at period ends; inside periods only the newest ``-mid`` one.
+
+    ``extra`` adds entries (the regularizers' state: ``ema``)."""
     folder = out_dir / "checkpoints"
     name = f"epoch-{step.epoch:04d}" + ("" if step.last_in_period else "-mid")
     path = folder / f"{name}.pt"
@@ -404,6 +413,7 @@ def save_checkpoint(
         "optimizer": optimizer.state_dict(),
         "history": history,
         "torch_rng": torch.get_rng_state(),
+        **(extra or {}),
     }
     atomic_torch_save(state, path)
     for old in folder.glob("epoch-*-mid.pt"):
