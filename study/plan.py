@@ -37,14 +37,32 @@ def plan_rows(schedule: Schedule) -> list[dict[str, Any]]:
 
 
 def format_plan(schedule: Schedule) -> str:
-    """A readable table: one line per epoch, the LR of every group, frozen groups and resets."""
+    """A readable table: one line per epoch, the LR of every group, frozen groups and resets.
+
+    Periods that may end early (on a plateau) are marked where the earliest end can fall; the table
+    is then the maximum plan.
+    """
     header = f"{'epoch':>5} {'period':>6} " + " ".join(f"{g:>8}" for g in GROUPS) + "  boundary"
-    lines = [f"schedule {schedule.name}: {schedule.params()}", header]
-    for step in schedule.plan():
+    plan = schedule.plan()
+    lines = [f"schedule {schedule.name}: {schedule.params()}"]
+    conditional = sorted({step.period for step in plan if step.until is not None})
+    if conditional:
+        lines.append(
+            f"periods {', '.join(map(str, conditional))} may end early on a plateau (their boundaries are "
+            f"conditional; the later periods then start sooner): this is the maximum plan, {len(plan)} epochs"
+        )
+    lines.append(header)
+    for step in plan:
         rates = " ".join("  frozen" if g in step.frozen else f"{step.lr[g]:>8.2g}" for g in GROUPS)
         notes = [f"{g}:{r.kind}" for g, r in step.resets.items()]
         if step.first_in_period and step.reset_optimizer:
             notes.append("new optimizer")
+        until = step.until
+        if until is not None and step.epoch_in_period == until.patience + 1:
+            notes.append(
+                f"may end from here on: {until.metric} not improved by more than {until.min_delta:g} "
+                f"for {until.patience} epochs"
+            )
         lines.append(f"{step.epoch:>5} {step.period:>6} {rates}  {' '.join(notes)}".rstrip())
     return "\n".join(lines)
 
