@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from schedules import GROUPS, Schedule, build_schedule
-from study.config import load_config
+from study.config import TrainConfig, load_config
 from study.errors import cli, description
 from study.files import atomic_write_csv, check_output_file
 
@@ -67,6 +67,26 @@ def format_plan(schedule: Schedule) -> str:
     return "\n".join(lines)
 
 
+def regularizer_notes(train: TrainConfig) -> list[str]:
+    """One line per run-level regularizer that is on (``train.l2sp_alpha``, ``train.ema_decay``).
+
+    >>> regularizer_notes(TrainConfig(ema_decay=0.999))
+    ['EMA: validation evaluates a moving average of the weights, decay 0.999 (reset groups restart it)']
+    """
+    notes = []
+    if train.l2sp_alpha > 0:
+        notes.append(
+            f"L2-SP: every block pulled toward its pre-trained weights, alpha {train.l2sp_alpha:g} "
+            "(not the head)"
+        )
+    if train.ema_decay > 0:
+        notes.append(
+            f"EMA: validation evaluates a moving average of the weights, decay {train.ema_decay:g} "
+            "(reset groups restart it)"
+        )
+    return notes
+
+
 @cli
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m study.plan", description=description(__doc__))
@@ -82,8 +102,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.csv:
         check_output_file(args.csv, "--csv")
-    schedule = build_schedule(load_config(args.config, args.set).schedule)
+    config = load_config(args.config, args.set)
+    schedule = build_schedule(config.schedule)
     print(format_plan(schedule))
+    for line in regularizer_notes(config.train):
+        print(line)
     if args.csv:
         atomic_write_csv(args.csv, plan_rows(schedule), COLUMNS)
         print(f"wrote {args.csv}")

@@ -81,6 +81,19 @@ def test_plan_says_which_boundaries_are_conditional_and_shows_the_maximum_plan()
     assert "may end" not in format_plan(build_schedule({"name": "incremental_rollback"}))
 
 
+def test_plan_names_the_regularizers_that_are_on(tmp_path, tiny_config):
+    config = write_config(tmp_path, tiny_config, {"name": "finetune", "epochs": 1})
+    result = run("study.plan", str(config))
+    assert result.returncode == 0 and "L2-SP" not in result.stdout and "EMA" not in result.stdout
+    regularized = ["--set", "train.l2sp_alpha=0.01", "--set", "train.ema_decay=0.999"]
+    result = run("study.plan", str(config), *regularized)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-2:] == [
+        "L2-SP: every block pulled toward its pre-trained weights, alpha 0.01 (not the head)",
+        "EMA: validation evaluates a moving average of the weights, decay 0.999 (reset groups restart it)",
+    ]
+
+
 @pytest.mark.parametrize(
     "overrides, message",
     [
