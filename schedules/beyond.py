@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -10,6 +11,7 @@ from schedules.core import (
     RANDOM,
     CosineDecay,
     Period,
+    Plateau,
     Schedule,
     ScheduleError,
     StepDecay,
@@ -19,7 +21,7 @@ from schedules.core import (
     shrink_perturb,
     uniform_lr,
 )
-from schedules.paper import RollbackSchedule
+from schedules.paper import IncrementalRollback, RollbackSchedule
 from schedules.registry import register
 
 
@@ -121,3 +123,33 @@ class CosineRestarts(Schedule):
             Period(self.period_epochs * self.period_mult**i, rates, decay=decay, reset_optimizer=False)
             for i in range(self.periods)
         ]
+
+
+@register("plateau_rollback")
+@dataclass(frozen=True)
+class PlateauRollback(IncrementalRollback):
+    """The paper's rollback, each period ending when learning slows down ("perturbed when learning
+    slows down"): once ``metric`` (the training ``loss`` or ``val_mAP``) has not improved by more
+    than ``min_delta`` for ``patience`` epochs, or after ``period_epochs``, whichever comes first.
+
+    The plan is the maximum one; after an early end the next period starts at once (the later
+    periods shift earlier), and an early end of the last period ends the run. A period that may end
+    on ``val_mAP`` is validated after every epoch.
+    """
+
+    patience: int = 5
+    min_delta: float = 0.0
+    metric: Literal["loss", "val_mAP"] = "loss"
+
+    def validate(self) -> None:
+        super().validate()
+        Plateau(self.metric, self.patience, self.min_delta)
+        if self.patience + 1 >= self.period_epochs:
+            raise ScheduleError(
+                f"patience={self.patience} never ends a period of period_epochs={self.period_epochs} early "
+                "(the earliest end is after patience + 1 epochs); lower patience or raise period_epochs"
+            )
+
+    def build(self) -> list[Period]:
+        until = Plateau(self.metric, self.patience, self.min_delta)
+        return [dataclasses.replace(period, until=until) for period in super().build()]

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from study.errors import UserError, closest
 
@@ -117,7 +118,72 @@ class ConstantDecay:
         return 1.0
 
 
-Decay = StepDecay | CosineDecay | ConstantDecay
+@dataclass(frozen=True)
+class Warmup:
+    """A linear warm-up over the first ``epochs`` epochs of a period, times ``decay``'s factor.
+
+    Epoch i (from 0) of the period runs at (i + 1) / (epochs + 1) of the rate, so epoch ``epochs`` is
+    the first at the full rate: ``Warmup(2, StepDecay("half"))`` in a 6-epoch period gives the factors
+    1/3, 2/3, 1, 0.1, 0.1, 0.1. Rolled-back blocks restart at a high rate; this eases them in.
+    """
+
+    epochs: int
+    decay: Decay = ConstantDecay()
+
+    def __post_init__(self) -> None:
+        require_positive(epochs=self.epochs)
+
+    def factor(self, epoch: int, epochs: int) -> float:
+        ramp = (epoch + 1) / (self.epochs + 1) if epoch < self.epochs else 1.0
+        return ramp * self.decay.factor(epoch, epochs)
+
+
+Decay = StepDecay | CosineDecay | ConstantDecay | Warmup
+
+
+# ----------------------------------------------------------------------------- conditional ends
+
+
+@dataclass(frozen=True)
+class Plateau:
+    """A period may end early, once ``metric`` has not improved for ``patience`` epochs.
+
+    An epoch improves on the period's best so far when its ``loss`` is lower by more than
+    ``min_delta`` (its ``val_mAP`` higher by more than ``min_delta``); the first epoch sets the best.
+    The period then ends after the epoch that makes ``patience`` epochs without an improvement, or at
+    its maximum length, whichever comes first. ``reached`` is a pure function of the metric's values,
+    so a resumed run takes the decisions an uninterrupted one took.
+    """
+
+    metric: Literal["loss", "val_mAP"] = "loss"
+    patience: int = 5
+    min_delta: float = 0.0
+
+    METRICS = ("loss", "val_mAP")
+
+    def __post_init__(self) -> None:
+        if self.metric not in self.METRICS:
+            raise ScheduleError(f"unknown plateau metric {self.metric!r}; valid: {', '.join(self.METRICS)}")
+        require_positive(patience=self.patience)
+        if isinstance(self.patience, bool) or not isinstance(self.patience, int):
+            raise ScheduleError(f"patience must be a whole number of epochs, got patience={self.patience!r}")
+        if not 0 <= self.min_delta < math.inf:
+            raise ScheduleError(f"min_delta must be a finite number >= 0, got min_delta={self.min_delta!r}")
+
+    def reached(self, values: Sequence[float]) -> bool:
+        """Whether the period ends after the last of ``values`` (the metric after each of its epochs).
+
+        >>> Plateau("loss", patience=2).reached([3.0, 2.0, 2.5, 2.1])
+        True
+        """
+        sign = 1.0 if self.metric == "loss" else -1.0  # lower is better: losses, and mAPs negated
+        best, stale = math.inf, 0
+        for value in values:
+            if sign * value < best - self.min_delta:
+                best, stale = sign * value, 0
+            else:
+                stale += 1
+        return stale >= self.patience
 
 
 # ----------------------------------------------------------------------------- periods
@@ -130,7 +196,8 @@ class Period:
     ``lr`` gives the starting learning rate of every group (B1..B5, head);
     ``resets`` the groups reset at the period's start; ``frozen`` the groups
     that do not train during it (no gradient, BatchNorm in eval mode);
-    ``reset_optimizer`` starts a new optimizer (momentum buffers at zero).
+    ``reset_optimizer`` starts a new optimizer (momentum buffers at zero); ``until`` (a Plateau)
+    lets the period end before its ``epochs``, which are then its maximum length.
     """
 
     epochs: int
@@ -139,8 +206,11 @@ class Period:
     frozen: frozenset[str] = frozenset()
     decay: Decay = StepDecay()
     reset_optimizer: bool = True
+    until: Plateau | None = None
 
     def __post_init__(self) -> None:
+        if self.until is not None and not isinstance(self.until, Plateau):
+            raise ScheduleError(f"a period's until must be a Plateau or None, got {self.until!r}")
         if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs <= 0:
             raise ScheduleError(
                 f"a period needs a positive whole number of epochs, got epochs={self.epochs!r}"
@@ -180,7 +250,8 @@ class EpochPlan:
     frozen: frozenset[str]
     resets: dict[str, Reset]  # non-empty only on the first epoch of a period
     reset_optimizer: bool  # True only on the first epoch of a period that asks for it
-    last_in_period: bool
+    last_in_period: bool  # in the maximum plan; settle() says whether a conditional period ends sooner
+    until: Plateau | None = None  # the period may end after this epoch (not set on its maximum last)
 
     @property
     def first_in_period(self) -> bool:
@@ -195,7 +266,9 @@ class Schedule:
     """Base class of every schedule: a frozen dataclass of parameters plus ``build()``.
 
     Subclass it, declare the parameters as dataclass fields with defaults,
-    validate them in ``validate()``, and return the periods from ``build()``::
+    validate them in ``validate()``, and return the periods from ``build()``.
+    Every schedule also has ``lr_warmup_epochs`` (0: none): a linear warm-up of the learning rates at
+    the start of each of its periods (``Warmup``), around the decay the period has::
 
         @register("two_phase")
         @dataclass(frozen=True)
@@ -208,6 +281,8 @@ class Schedule:
     """
 
     name = "schedule"
+    # Keyword-only, so subclasses declare their own parameters as before (and it comes last).
+    lr_warmup_epochs: int = field(default=0, kw_only=True)
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
@@ -215,6 +290,19 @@ class Schedule:
 
     def __post_init__(self) -> None:
         self.validate()
+        if self.lr_warmup_epochs:
+            self._check_warmup()
+
+    def _check_warmup(self) -> None:
+        warmup = self.lr_warmup_epochs
+        if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+            raise ScheduleError(f"lr_warmup_epochs must be a whole number >= 0, got {warmup!r}")
+        for number, period in enumerate(self.build(), start=1):
+            if warmup >= period.epochs:
+                raise ScheduleError(
+                    f"lr_warmup_epochs={warmup} must be shorter than every period, "
+                    f"but period {number} has {period.epochs} epochs"
+                )
 
     def validate(self) -> None:
         """Raise ScheduleError for parameter values that make no sense."""
@@ -223,15 +311,23 @@ class Schedule:
         """The periods, in order. Pure: depends on the parameters only."""
         raise NotImplementedError
 
+    @classmethod
+    def parameter_names(cls) -> tuple[str, ...]:
+        """The schedule's parameters in declaration order, the shared ``lr_warmup_epochs`` last."""
+        names = [f.name for f in dataclasses.fields(cls) if f.init]
+        return tuple(sorted(names, key=lambda name: name == "lr_warmup_epochs"))
+
     def params(self) -> dict[str, object]:
         """The schedule's parameters as a plain dict (what configs hold and W&B logs)."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {name: getattr(self, name) for name in self.parameter_names()}
 
     def plan(self) -> list[EpochPlan]:
-        """Expand the periods into one EpochPlan per epoch."""
+        """Expand the periods into one EpochPlan per epoch (with ``lr_warmup_epochs``' warm-up in each)."""
         periods = self.build()
         if not periods:
             raise ScheduleError(f"schedule {self.name!r} has no periods")
+        if self.lr_warmup_epochs:
+            periods = [dataclasses.replace(p, decay=Warmup(self.lr_warmup_epochs, p.decay)) for p in periods]
         rows, epoch = [], 0
         for number, period in enumerate(periods, start=1):
             for inside in range(period.epochs):
@@ -247,6 +343,7 @@ class Schedule:
                         resets=dict(period.resets) if first else {},
                         reset_optimizer=first and (period.reset_optimizer or number == 1),
                         last_in_period=inside == period.epochs - 1,
+                        until=period.until if inside < period.epochs - 1 else None,
                     )
                 )
         return rows
@@ -278,3 +375,49 @@ def check_blocks(names: object, what: str) -> tuple[str, ...]:
     if len(set(names)) != len(names):
         raise ScheduleError(f"{what} names a block twice: {list(names)}")
     return tuple(names)
+
+
+# ----------------------------------------------------------------------------- running a plan
+
+
+def settle(step: EpochPlan, history: Sequence[Mapping[str, Any]]) -> EpochPlan:
+    """``step`` with ``last_in_period`` set when its period ends after it, ``history`` ending with its record.
+
+    A step without ``until`` is returned as it is; with one, the period ends when its Plateau is
+    reached by the metric of the period's records so far (the trailing records of ``step.period``).
+    """
+    if step.until is None or step.last_in_period:
+        return step
+    values = [record[step.until.metric] for record in _period_records(history, step.period)]
+    return dataclasses.replace(step, last_in_period=True) if step.until.reached(values) else step
+
+
+def next_epoch(plan: Sequence[EpochPlan], history: Sequence[Mapping[str, Any]]) -> EpochPlan | None:
+    """The epoch to train after ``history`` (the records of the epochs trained, with their ``period``
+    and metrics), or None when the run is over; a pure function of the two, so resume is exact.
+
+    For a plan without conditional ends this is ``plan[len(history)]``. After a period that ended
+    early, the next period starts at once: the later periods shift earlier (their epochs renumbered
+    from ``len(history) + 1``), and an early end of the last period ends the run.
+
+    >>> plan = build_schedule({"name": "plateau_rollback", "patience": 1}).plan()
+    >>> next_epoch(plan, [{"period": 1, "loss": 2.0}, {"period": 1, "loss": 2.0}]).period
+    2
+    """
+    if not history:
+        return plan[0] if plan else None
+    starts = {step.period: index for index, step in enumerate(plan) if step.first_in_period}
+    period = history[-1]["period"]
+    done = len(_period_records(history, period))
+    last = settle(plan[starts[period] + done - 1], history)
+    index = starts.get(period + 1) if last.last_in_period else starts[period] + done
+    if index is None or index >= len(plan):
+        return None
+    return dataclasses.replace(plan[index], epoch=len(history) + 1)
+
+
+def _period_records(history: Sequence[Mapping[str, Any]], period: int) -> list[Mapping[str, Any]]:
+    start = len(history)
+    while start > 0 and history[start - 1]["period"] == period:
+        start -= 1
+    return list(history[start:])

@@ -63,7 +63,7 @@ def build_schedule(spec: Mapping[str, Any]) -> Schedule:
     if not isinstance(name, str):
         raise ScheduleError(f"schedule needs a name, got {name!r}; valid: {', '.join(sorted(_SCHEDULES))}")
     cls = schedule_class(name)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    fields = cls.parameter_names()
     hints = typing.get_type_hints(cls)
     params = {}
     for key, value in spec.items():

@@ -88,6 +88,11 @@ class TrainConfig:
     # Also checkpoint every N epochs inside a period (0: period ends and the end only).
     checkpoint_every: int = 0
     progress: bool = True
+    # Regularizers of any schedule (study/regularizers.py); 0 turns each off.
+    # L2-SP: pull every block toward its pre-trained weights, alpha/2 * ||theta - theta0||^2 (not the head).
+    l2sp_alpha: float = 0.0
+    # EMA: evaluate (and checkpoint as "ema") a moving average of the weights and BatchNorm statistics.
+    ema_decay: float = 0.0
 
 
 @dataclass
@@ -403,6 +408,10 @@ def _check_values(config: RunConfig) -> None:
     for name, value in non_negative.items():
         if value < 0:
             raise UserError(f"{name} must be >= 0, got {value}")
+    if config.train.l2sp_alpha < 0:
+        raise UserError(f"train.l2sp_alpha must be >= 0 (0: off), got {config.train.l2sp_alpha}")
+    if not 0 <= config.train.ema_decay < 1:
+        raise UserError(f"train.ema_decay must be in [0, 1) (0: off), got {config.train.ema_decay}")
     if not 0 <= config.model.dropout < 1:
         raise UserError(f"model.dropout must be in [0, 1), got {config.model.dropout}")
     from study.models import BACKBONES

@@ -182,7 +182,8 @@ def _model_device(model: nn.Module) -> torch.device:
 
 
 def load_checkpoint(path: str | Path) -> tuple[RunConfig, dict[str, torch.Tensor]]:
-    """The run config and model state_dict of a training checkpoint; one-line UserErrors for bad files."""
+    """The run config and model state_dict (the EMA weights when the run kept them) of a training
+    checkpoint; one-line UserErrors for bad files."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {str(path)!r} does not exist or is not a file")
@@ -199,7 +200,8 @@ def load_checkpoint(path: str | Path) -> tuple[RunConfig, dict[str, torch.Tensor
         raise UserError(
             f"{str(path)!r} is not a training checkpoint: expected a dict with 'config' and 'model'"
         )
-    return config_from_dict(checkpoint["config"]), checkpoint["model"]
+    # With train.ema_decay the run validated its EMA weights: those are the checkpoint's model.
+    return config_from_dict(checkpoint["config"]), checkpoint.get("ema", checkpoint["model"])
 
 
 def num_classes_of(state: dict[str, torch.Tensor]) -> int:

@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from schedules import GROUPS, Schedule, build_schedule
-from study.config import load_config
+from study.config import TrainConfig, load_config
 from study.errors import cli, description
 from study.files import atomic_write_csv, check_output_file
 
@@ -37,16 +37,54 @@ def plan_rows(schedule: Schedule) -> list[dict[str, Any]]:
 
 
 def format_plan(schedule: Schedule) -> str:
-    """A readable table: one line per epoch, the LR of every group, frozen groups and resets."""
+    """A readable table: one line per epoch, the LR of every group, frozen groups and resets.
+
+    Periods that may end early (on a plateau) are marked where the earliest end can fall; the table
+    is then the maximum plan.
+    """
     header = f"{'epoch':>5} {'period':>6} " + " ".join(f"{g:>8}" for g in GROUPS) + "  boundary"
-    lines = [f"schedule {schedule.name}: {schedule.params()}", header]
-    for step in schedule.plan():
+    plan = schedule.plan()
+    lines = [f"schedule {schedule.name}: {schedule.params()}"]
+    conditional = sorted({step.period for step in plan if step.until is not None})
+    if conditional:
+        lines.append(
+            f"periods {', '.join(map(str, conditional))} may end early on a plateau (their boundaries are "
+            f"conditional; the later periods then start sooner): this is the maximum plan, {len(plan)} epochs"
+        )
+    lines.append(header)
+    for step in plan:
         rates = " ".join("  frozen" if g in step.frozen else f"{step.lr[g]:>8.2g}" for g in GROUPS)
         notes = [f"{g}:{r.kind}" for g, r in step.resets.items()]
         if step.first_in_period and step.reset_optimizer:
             notes.append("new optimizer")
+        until = step.until
+        if until is not None and step.epoch_in_period == until.patience + 1:
+            notes.append(
+                f"may end from here on: {until.metric} not improved by more than {until.min_delta:g} "
+                f"for {until.patience} epochs"
+            )
         lines.append(f"{step.epoch:>5} {step.period:>6} {rates}  {' '.join(notes)}".rstrip())
     return "\n".join(lines)
+
+
+def regularizer_notes(train: TrainConfig) -> list[str]:
+    """One line per run-level regularizer that is on (``train.l2sp_alpha``, ``train.ema_decay``).
+
+    >>> regularizer_notes(TrainConfig(ema_decay=0.999))
+    ['EMA: validation evaluates a moving average of the weights, decay 0.999 (reset groups restart it)']
+    """
+    notes = []
+    if train.l2sp_alpha > 0:
+        notes.append(
+            f"L2-SP: every block pulled toward its pre-trained weights, alpha {train.l2sp_alpha:g} "
+            "(not the head)"
+        )
+    if train.ema_decay > 0:
+        notes.append(
+            f"EMA: validation evaluates a moving average of the weights, decay {train.ema_decay:g} "
+            "(reset groups restart it)"
+        )
+    return notes
 
 
 @cli
@@ -64,8 +102,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.csv:
         check_output_file(args.csv, "--csv")
-    schedule = build_schedule(load_config(args.config, args.set).schedule)
+    config = load_config(args.config, args.set)
+    schedule = build_schedule(config.schedule)
     print(format_plan(schedule))
+    for line in regularizer_notes(config.train):
+        print(line)
     if args.csv:
         atomic_write_csv(args.csv, plan_rows(schedule), COLUMNS)
         print(f"wrote {args.csv}")

@@ -3,7 +3,8 @@
 At the start of a period: apply its resets (roll back to pre-trained, re-initialise,
 shrink-and-perturb) and, if it asks, start a new optimizer. Every epoch: freeze what
 the period freezes, set each group's learning rate from the plan, train, evaluate
-when due, log, checkpoint.
+when due, log, checkpoint. A period that may end early (on a plateau) ends when the pure
+``schedules.settle`` says so; ``schedules.next_epoch`` then starts the next one at once.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
-from schedules import BLOCKS, GROUPS, EpochPlan, Reset, build_schedule
+from schedules import BLOCKS, GROUPS, EpochPlan, Reset, build_schedule, next_epoch, settle
 from study.config import RunConfig, config_from_dict
 from study.data import ImageSet, ReIDData, load_data, normalize, random_hflip
 from study.devices import autocast_dtype, choose_device, uses_channels_last
@@ -35,6 +36,7 @@ from study.files import (
     remove_stale_temporaries,
 )
 from study.models import ReIDNet, build_model, group_state, snapshot
+from study.regularizers import make_regularizers
 
 EpochCallback = Callable[[dict[str, Any], Path | None], None]
 
@@ -56,7 +58,8 @@ def train_run(
     >>> summary = train_run(load_config("search_spaces/demo.yaml"), "runs/demo-single")
     """
     out_dir = Path(out_dir)
-    plan = build_schedule(config.schedule).plan()
+    plan = build_schedule(config.schedule).plan()  # the maximum plan when periods may end early
+    _check_plateaus(plan, config)
     check_output_folder(out_dir)
     checkpoint = _checkpoint_to_resume(out_dir, config, resume)
     device = choose_device(config.train.device)
@@ -81,11 +84,14 @@ def train_run(
     if channels_last:
         model.to(memory_format=torch.channels_last)
     forward = torch.compile(model) if config.train.compile else model
+    regularizers = make_regularizers(model, initial, config.train)  # L2-SP and the EMA, when configured
     optimizer: torch.optim.Optimizer | None = None
     history: list[dict[str, Any]] = []
 
     if checkpoint is not None:
         optimizer, history = _restore(checkpoint, model, config, device)
+        regularizers.load(checkpoint)
+        regularizers.attach(optimizer)
     place = cache_placement(config, data.train.images, device)
     batches = TrainBatches(
         data.train,
@@ -97,11 +103,13 @@ def train_run(
     )
     autocast = autocast_context(device, autocast_dtype(device, config.train.precision, config.model.backbone))
 
-    for step in plan[len(history) :]:
+    while (step := next_epoch(plan, history)) is not None:
         if step.first_in_period:
             apply_resets(model, step.resets, initial, config, data.num_classes, step.period)
+            regularizers.restart(model, step.resets)  # the EMA of a reset group restarts with it
             if step.reset_optimizer or optimizer is None:
                 optimizer = make_optimizer(model, config)
+                regularizers.attach(optimizer)
         set_frozen(model, step.frozen)
         set_learning_rates(optimizer, step.lr)
 
@@ -113,7 +121,9 @@ def train_run(
             raise
         record |= block_drift(model, initial)
         if _evaluation_due(step, config, len(plan)):
-            record |= evaluate_model(model, data, config, device)
+            record |= evaluate_model(regularizers.evaluated(model), data, config, device)
+        step = settle(step, [*history, record])  # a period that may end early ends here on a plateau
+        record["period_end"] = int(step.last_in_period)
         history.append(record)
         atomic_write_csv(out_dir / "metrics.csv", history)
         if config.train.progress:
@@ -121,8 +131,8 @@ def train_run(
 
         saved = None
         if _checkpoint_due(step, config):
-            saved = save_checkpoint(out_dir, model, optimizer, config, history, step)
-        if len(history) == len(plan):  # first: a sweep's scheduler may end the trial in on_epoch
+            saved = save_checkpoint(out_dir, model, optimizer, config, history, step, regularizers.state())
+        if next_epoch(plan, history) is None:  # first: a sweep's scheduler may end the trial in on_epoch
             atomic_write_json(out_dir / "summary.json", summarize(history, config))
         if on_epoch is not None:
             on_epoch(record, saved)
@@ -371,8 +381,19 @@ def evaluate_model(
 
 
 def _evaluation_due(step: EpochPlan, config: RunConfig, total: int) -> bool:
+    # A period that may end early (on a plateau) is validated after every epoch: it may be its last.
     every = config.train.eval_every
-    return step.last_in_period or step.epoch == total or (every > 0 and step.epoch % every == 0)
+    ends = step.last_in_period or step.until is not None or step.epoch == total
+    return ends or (every > 0 and step.epoch % every == 0)
+
+
+def _check_plateaus(plan: list[EpochPlan], config: RunConfig) -> None:
+    metrics = {step.until.metric for step in plan if step.until is not None}
+    if "val_mAP" in metrics and config.data.evaluate_on != "val":
+        raise UserError(
+            "a period ending on a val_mAP plateau needs data.evaluate_on=val (deciding on the test "
+            "set would tune on it); use metric loss, or evaluate on val"
+        )
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -390,8 +411,11 @@ def save_checkpoint(
     config: RunConfig,
     history: list[dict[str, Any]],
     step: EpochPlan,
+    extra: dict[str, Any] | None = None,
 ) -> Path:
-    """Write ``checkpoints/epoch-NNNN.pt`` at period ends; inside periods only the newest ``-mid`` one."""
+    """Write ``checkpoints/epoch-NNNN.pt`` at period ends; inside periods only the newest ``-mid`` one.
+
+    ``extra`` adds entries (the regularizers' state: ``ema``)."""
     folder = out_dir / "checkpoints"
     name = f"epoch-{step.epoch:04d}" + ("" if step.last_in_period else "-mid")
     path = folder / f"{name}.pt"
@@ -404,6 +428,7 @@ def save_checkpoint(
         "optimizer": optimizer.state_dict(),
         "history": history,
         "torch_rng": torch.get_rng_state(),
+        **(extra or {}),
     }
     atomic_torch_save(state, path)
     for old in folder.glob("epoch-*-mid.pt"):

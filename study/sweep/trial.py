@@ -17,6 +17,7 @@ from typing import Any
 
 from ray.tune import Callback
 
+from schedules import next_epoch
 from study.search_space import (
     SearchSpace,
     TuneSettings,
@@ -55,9 +56,14 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
         reporter.report_divergence(str(error))
 
 
-def periods_done(step: Any) -> int:
-    """Completed periods after an epoch: the counter ASHA measures time in."""
-    return step.period if step.last_in_period else step.period - 1
+def periods_done(record: dict[str, Any], plan: list) -> int:
+    """Completed periods after an epoch: the counter ASHA measures time in.
+
+    The trainer's ``period_end`` says whether the epoch ended its period (a period may end early on a
+    plateau); records written before it existed follow the plan.
+    """
+    ended = record.get("period_end", plan[record["epoch"] - 1].last_in_period)
+    return record["period"] if ended else record["period"] - 1
 
 
 def worst_value(mode: str) -> float:
@@ -80,19 +86,21 @@ class EpochReporter:
         self.mode = tune_settings.mode
         self.run_dir = run_dir
         self.epoch = 0
+        self.periods_done = 0
+        self.records: list[dict[str, Any]] = []
         self.last = worst_value(self.mode)
         self.best: dict[str, Any] | None = None
 
     def __call__(self, record: dict[str, Any], checkpoint: Path | None, keep: bool = False) -> None:
         """Report one epoch; its checkpoint leaves the run folder once Tune holds a copy, unless ``keep``."""
         self._remember(record)
-        step = self.plan[record["epoch"] - 1]
         result = {
             **record,
             self.metric: self.last,
             "validated": self.metric in record,
-            "periods_done": periods_done(step),
-            "epochs_planned": len(self.plan),
+            "periods_done": self.periods_done,
+            # the maximum plan until the run is over (periods may end early): then the epochs it took
+            "epochs_planned": self.epoch if next_epoch(self.plan, self.records) is None else len(self.plan),
             "diverged": False,
             **self._best_so_far(),
         }
@@ -119,14 +127,13 @@ class EpochReporter:
         from ray import tune
 
         epoch = min(self.epoch + 1, len(self.plan))
-        step = self.plan[epoch - 1]
         result = {
             "epoch": epoch,
-            "period": step.period,
+            "period": self.periods_done + 1,  # the diverging epoch is in the period after the completed ones
             "loss": math.nan,
             self.metric: worst_value(self.mode),
             "validated": False,
-            "periods_done": step.period - 1,
+            "periods_done": self.periods_done,
             "epochs_planned": len(self.plan),
             "diverged": True,
             **self._best_so_far(),
@@ -136,6 +143,8 @@ class EpochReporter:
 
     def _remember(self, record: dict[str, Any]) -> None:
         self.epoch = record["epoch"]
+        self.periods_done = periods_done(record, self.plan)
+        self.records.append(record)
         value = record.get(self.metric)
         if value is None:
             return

@@ -61,6 +61,39 @@ def test_plan_marks_frozen_groups(tmp_path, tiny_config):
     assert {r["group"]: r["frozen"] for r in rows} == {**dict.fromkeys(GROUPS[:5], "1"), "head": "0"}
 
 
+def test_plan_says_which_boundaries_are_conditional_and_shows_the_maximum_plan():
+    from schedules import build_schedule
+    from study.plan import format_plan
+
+    spec = {"name": "plateau_rollback", "period_epochs": 4, "periods": 2, "patience": 1}
+    spec["lr_warmup_epochs"] = 1
+    lines = format_plan(build_schedule(spec)).splitlines()
+    assert lines[1] == (
+        "periods 1, 2 may end early on a plateau (their boundaries are conditional; the later periods "
+        "then start sooner): this is the maximum plan, 8 epochs"
+    )
+    table = lines[3:]
+    assert len(table) == 8
+    marked = [int(line.split()[0]) for line in table if "may end from here on" in line]
+    assert marked == [2, 6]  # after patience + 1 epochs of each period
+    assert "loss not improved by more than 0 for 1 epochs" in table[1]
+    assert table[0].split()[2:8] == ["0.005"] * 5 + ["0.05"]  # re-warmed: half the rate in epoch 1
+    assert "may end" not in format_plan(build_schedule({"name": "incremental_rollback"}))
+
+
+def test_plan_names_the_regularizers_that_are_on(tmp_path, tiny_config):
+    config = write_config(tmp_path, tiny_config, {"name": "finetune", "epochs": 1})
+    result = run("study.plan", str(config))
+    assert result.returncode == 0 and "L2-SP" not in result.stdout and "EMA" not in result.stdout
+    regularized = ["--set", "train.l2sp_alpha=0.01", "--set", "train.ema_decay=0.999"]
+    result = run("study.plan", str(config), *regularized)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-2:] == [
+        "L2-SP: every block pulled toward its pre-trained weights, alpha 0.01 (not the head)",
+        "EMA: validation evaluates a moving average of the weights, decay 0.999 (reset groups restart it)",
+    ]
+
+
 @pytest.mark.parametrize(
     "overrides, message",
     [

@@ -377,6 +377,31 @@ def test_reporter_carries_the_metric_forward_and_counts_periods(tmp_path, monkey
     assert last["diverged"] is True and last["val_mAP"] == 0.0 and math.isnan(last["loss"])
 
 
+def test_asha_counts_periods_that_ended_early_and_a_short_run_is_finished(tmp_path, monkeypatch):
+    import ray.tune
+
+    from schedules import build_schedule
+
+    fake = FakeTune()
+    monkeypatch.setattr(ray.tune, "report", fake.report)
+    spec = {"name": "plateau_rollback", "periods": 2, "period_epochs": 4, "patience": 1}
+    plan = build_schedule(spec).plan()
+    run_dir = tmp_path / "trial"
+    reporter = sweep_trial.EpochReporter(plan, search_space.TuneSettings(metric="val_mAP"), run_dir)
+    # both periods ended on a plateau after 2 of their 4 epochs, as the trainer's period_end says
+    for epoch, period, end in [(1, 1, 0), (2, 1, 1), (3, 2, 0)]:
+        reporter({"epoch": epoch, "period": period, "period_end": end, "loss": 1.0, "val_mAP": 0.1}, None)
+    reporter.report_divergence("training loss became nan in epoch 4")
+    diverged = fake.reports.pop()[0]
+    assert (diverged["epoch"], diverged["period"], diverged["periods_done"]) == (4, 2, 1)
+    reporter({"epoch": 4, "period": 2, "period_end": 1, "loss": 1.0, "val_mAP": 0.1}, None)
+    metrics = [m for m, _ in fake.reports]
+    assert [m["periods_done"] for m in metrics] == [0, 1, 1, 2]
+    # the maximum plan until the run is over, then the epochs it took: the trial is not "stopped"
+    assert [m["epochs_planned"] for m in metrics] == [8, 8, 8, 4]
+    assert sweep_tables.trial_status("TERMINATED", metrics) == "finished"
+
+
 def test_trial_summary_keeps_the_peak_gpu_memory_for_choosing_fractions():
     rows = [
         {"epoch": 1, "loss": 4.0, "seconds": 2.0, "val_mAP": None, "peak_gpu_mib": 900.0},

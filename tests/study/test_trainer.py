@@ -27,6 +27,7 @@ SHORT = {
     "gradual_unfreeze": {"unfreeze_epochs": 1, "epochs": 1},
     "surgical": {"blocks": ["B2"], "epochs": 2},
     "rifle": {"period_epochs": 1, "periods": 2},
+    "plateau_rollback": {"period_epochs": 3, "periods": 2, "patience": 1},
 }
 
 
@@ -214,6 +215,70 @@ def test_runs_with_a_seed_are_repeatable_and_resume_gives_the_same_result(tiny_c
     assert resumed["final_val_mAP"] == first["final_val_mAP"]
     rows = _rows(tmp_path / "c")
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("metric, min_delta", [("loss", 100.0), ("val_mAP", 2.0)])
+def test_a_plateau_ends_periods_early_and_the_next_one_starts_at_once(
+    metric, min_delta, tiny_config, tmp_path, monkeypatch
+):
+    # No epoch can improve by min_delta: every period ends after patience + 1 = 2 of its 4 epochs.
+    spy = Spy(monkeypatch)
+    schedule = {"name": "plateau_rollback", "period_epochs": 4, "periods": 2, "patience": 1}
+    config = tiny_config({**schedule, "metric": metric, "min_delta": min_delta})
+    summary = trainer.train_run(config, tmp_path / "run")
+    rows = _rows(tmp_path / "run")
+    assert [(int(r["epoch"]), int(r["period"]), int(r["period_end"])) for r in rows] == [
+        (1, 1, 0),
+        (2, 1, 1),
+        (3, 2, 0),
+        (4, 2, 1),
+    ]
+    assert all(r["val_mAP"] for r in rows)  # a period that may end early is validated every epoch
+    assert summary["epochs"] == 4 == json.loads((tmp_path / "run" / "summary.json").read_text())["epochs"]
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == [
+        "epoch-0002.pt",
+        "epoch-0004.pt",
+    ]
+    # the rollback happened at the start of epoch 3, not of the planned epoch 5
+    for block in BLOCKS[1:]:
+        assert _equal(group_state(spy.starts[2], block), group_state(spy.initial, block))
+    assert _equal(group_state(spy.starts[2], "B1"), group_state(spy.ends[1], "B1"))
+    assert float(rows[2]["lr_B1"]) == pytest.approx(0.001) and float(rows[1]["lr_B1"]) == pytest.approx(0.01)
+
+
+def test_a_plateau_run_resumes_with_the_same_decisions(tiny_config, tmp_path):
+    schedule = {"name": "plateau_rollback", "period_epochs": 4, "periods": 2, "patience": 1}
+    # Period 1 ends early after epoch 2; the resumed run must take that decision from the saved history.
+    config = tiny_config({**schedule, "min_delta": 100.0}, train={"checkpoint_every": 1})
+    first = trainer.train_run(config, tmp_path / "a")
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_epoch_2(record, checkpoint):
+        if record["epoch"] == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        trainer.train_run(config, tmp_path / "b", on_epoch=stop_after_epoch_2)
+    resumed = trainer.train_run(config, tmp_path / "b", resume=True)
+    a, b = _rows(tmp_path / "a"), _rows(tmp_path / "b")
+    assert [(r["period"], r["period_end"], r["loss"]) for r in a] == [
+        (r["period"], r["period_end"], r["loss"]) for r in b
+    ]
+    assert [r["period"] for r in b] == ["1", "1", "2", "2"]
+    assert [r["val_mAP"] for r in a] == [r["val_mAP"] for r in b]
+    assert resumed["final_val_mAP"] == first["final_val_mAP"] and resumed["epochs"] == first["epochs"] == 4
+
+
+def test_a_val_map_plateau_is_refused_when_evaluating_on_the_test_set(tiny_config, tmp_path):
+    from study.errors import UserError
+
+    schedule = {"name": "plateau_rollback", "period_epochs": 3, "patience": 1, "metric": "val_mAP"}
+    config = tiny_config(schedule, data={"evaluate_on": "test"})
+    with pytest.raises(UserError, match=r"needs data\.evaluate_on=val"):
+        trainer.train_run(config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_run_folder_is_never_overwritten_without_resume(tiny_config, tmp_path):
