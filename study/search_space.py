@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from study.config import RunConfig, apply_overrides, check_seed, config_from_dict, read_yaml
+from study.config import RunConfig, apply_overrides, check_seed, config_from_dict, read_yaml, set_dotted
 from study.errors import UserError, closest, unknown
 
 SCHEDULE_KEY = "schedule.name"
@@ -65,7 +65,7 @@ TUNE_KEYS = (
 )
 RESOURCE_KEYS = ("cpu", "gpu")
 ASHA_KEYS = ("grace_periods", "reduction_factor")
-METRICS = ("mAP", "rank1", "rank5", "rank10", "mINP")
+RETRIEVAL_METRICS = ("mAP", "rank1", "rank5", "rank10", "mINP")
 # Never expanded: the value would be saved in study.yaml and every trial's config, and logged to W&B.
 SECRET_VARIABLES = ("WANDB_API_KEY",)
 
@@ -284,7 +284,7 @@ def parse_search_space(data: dict[str, Any], name: str) -> SearchSpace:
             f"{tune.num_samples} must be a multiple of the {len(schedules)} schedules"
         )
     space = SearchSpace(name, base, schedules, seeds, params, when, tune, data, variants, paired)
-    _check_values(space)
+    _check_search_values(space)
     return space
 
 
@@ -324,14 +324,6 @@ def schedule_fields(name: str) -> tuple[str, ...]:
 def label_fields(label: str, variants: dict[str, dict[str, Any]]) -> tuple[str, ...]:
     """The parameters of a compared schedule, given by its registered name or a variant label."""
     return schedule_fields(variants[label]["name"] if label in variants else label)
-
-
-def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
-    """``set_dotted(d, "train.batch_size", 32)`` sets ``d["train"]["batch_size"]`` (value kept as it is)."""
-    *parents, leaf = key.split(".")
-    for part in parents:
-        data = data.setdefault(part, {})
-    data[leaf] = value
 
 
 def _mapping(value: Any, where: str, valid: tuple[str, ...]) -> dict[str, Any]:
@@ -494,7 +486,7 @@ def _when(
 
 def _tune(value: Any, evaluate_on: str, num_schedules: int) -> TuneSettings:
     tune = _mapping(value, "tune", TUNE_KEYS)
-    metrics = [f"{evaluate_on}_{m}" for m in METRICS]
+    metrics = [f"{evaluate_on}_{m}" for m in RETRIEVAL_METRICS]
     metric = tune.get("metric", metrics[0])
     if metric not in metrics:
         raise UserError(f"tune.metric: {unknown('metric', str(metric), metrics)}")
@@ -540,7 +532,7 @@ def _positive_int(value: Any, where: str) -> int:
     return value
 
 
-def _check_values(space: SearchSpace) -> None:
+def _check_search_values(space: SearchSpace) -> None:
     """Build every schedule's config with each bound and choice, so bad values fail before any trial."""
     from schedules import build_schedule
 

@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 import yaml
 from torch import nn
 
 from schedules import BLOCKS, GROUPS, EpochPlan, Reset, build_schedule, next_epoch, settle
 from study.config import RunConfig, config_from_dict
-from study.data import ImageSet, ReIDData, load_data, normalize, random_hflip
+from study.data import Augment, ImageSet, ReIDData, load_data, make_sampler, normalize, random_batches
+from study.data.sampler import Sampler
 from study.devices import autocast_dtype, choose_device, uses_channels_last
 from study.errors import UserError
 from study.files import (
@@ -35,6 +35,7 @@ from study.files import (
     check_output_folder,
     remove_stale_temporaries,
 )
+from study.losses import ReIDLoss
 from study.models import ReIDNet, build_model, group_state, snapshot
 from study.regularizers import make_regularizers
 
@@ -55,7 +56,7 @@ def train_run(
     when ``train.checkpoint_every`` is set). ``on_epoch(record, checkpoint)`` is
     called after every epoch (sweeps report to Ray Tune from there).
 
-    >>> summary = train_run(load_config("search_spaces/demo.yaml"), "runs/demo-single")
+    For example, ``train_run(load_config("search_spaces/demo.yaml"), "runs/demo-single")``.
     """
     out_dir = Path(out_dir)
     plan = build_schedule(config.schedule).plan()  # the maximum plan when periods may end early
@@ -100,6 +101,13 @@ def train_run(
         device,
         channels_last=channels_last,
         place=place,
+        sampler=make_sampler(
+            config.data.sampler,
+            data.train.labels,
+            config.train.batch_size,
+            config.data.instances_per_identity,
+        ),
+        augment=Augment(pad_crop=config.data.pad_crop, random_erasing=config.data.random_erasing),
     )
     autocast = autocast_context(device, autocast_dtype(device, config.train.precision, config.model.backbone))
 
@@ -111,7 +119,7 @@ def train_run(
                 optimizer = make_optimizer(model, config)
                 regularizers.attach(optimizer)
         set_frozen(model, step.frozen)
-        set_learning_rates(optimizer, step.lr)
+        set_learning_rates(optimizer, warmed_up(step.lr, step.epoch, config.train.warmup_epochs))
 
         record = {"epoch": step.epoch, "period": step.period}
         try:
@@ -218,15 +226,27 @@ def set_learning_rates(optimizer: torch.optim.Optimizer, rates: dict[str, float]
         group["lr"] = rates[group["name"]]
 
 
+def warmed_up(rates: dict[str, float], epoch: int, warmup_epochs: int) -> dict[str, float]:
+    """The rates of ``epoch`` (from 1) under the run's linear warm-up: ``min(1, epoch / warmup_epochs)``.
+
+    >>> warmed_up({"head": 0.1}, epoch=2, warmup_epochs=4)
+    {'head': 0.05}
+    """
+    factor = min(1.0, epoch / warmup_epochs) if warmup_epochs else 1.0
+    return {group: rate * factor for group, rate in rates.items()}
+
+
 # ----------------------------------------------------------------------------- one epoch
 
 
 class TrainBatches:
-    """Shuffled, flipped, normalised batches from the decoded uint8 image cache.
+    """Sampled, augmented, normalised batches from the decoded uint8 image cache.
 
+    ``sampler`` chooses each batch's images (shuffled by default; ``data.sampler: pk`` draws P
+    identities x K images), ``augment`` flips them (and pads-and-crops, erases) on the device.
     The cache lives on the training device when it fits (``place="device"``); otherwise
     (``place="host"``) it stays in pinned host memory and each uint8 batch is gathered there
-    and copied without blocking. The order and flips of an epoch depend only on (seed, epoch),
+    and copied without blocking. The batches of an epoch depend only on (seed, epoch),
     so a resumed run sees exactly the batches an uninterrupted one would.
     """
 
@@ -238,6 +258,8 @@ class TrainBatches:
         device: torch.device,
         channels_last: bool = False,
         place: str = "device",
+        sampler: Sampler | None = None,
+        augment: Augment | None = None,
     ):
         on_host = place == "host" and device.type == "cuda"
         self.images = train.images.pin_memory() if on_host else train.images.to(device)
@@ -246,25 +268,26 @@ class TrainBatches:
         self.seed = seed
         self.device = device
         self.channels_last = channels_last
-
-    def __len__(self) -> int:
-        return len(self.images) // self.batch_size
+        self.sampler = sampler or (lambda generator: random_batches(len(self.images), batch_size, generator))
+        self.augment = augment or Augment()
 
     def epoch(self, step: EpochPlan) -> SizedBatches:
-        """The batches of one epoch, as many as ``len(self)`` (a progress bar can show its total)."""
-        return SizedBatches(self._batches(step), len(self))
-
-    def _batches(self, step: EpochPlan) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The batches of one epoch, with their count (a progress bar can show its total)."""
         generator = torch.Generator().manual_seed(self.seed * 100_003 + step.epoch)
-        order = torch.randperm(len(self.images), generator=generator)
+        order = self.sampler(generator)  # [batches, batch_size] image indices
+        return SizedBatches(self._batches(order, generator), len(order))
+
+    def _batches(
+        self, order: torch.Tensor, generator: torch.Generator
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         cache_order = order.to(self.images.device)
         labels_order = order.to(self.device)
-        for start in range(0, len(self) * self.batch_size, self.batch_size):
-            batch = self.images[cache_order[start : start + self.batch_size]]
-            images = normalize(random_hflip(batch.to(self.device, non_blocking=True), generator))
+        for index in range(len(order)):
+            batch = self.images[cache_order[index]].to(self.device, non_blocking=True)
+            images = normalize(self.augment(batch, generator))
             if self.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
-            yield images, self.labels[labels_order[start : start + self.batch_size]]
+            yield images, self.labels[labels_order[index]]
 
 
 @dataclasses.dataclass
@@ -302,6 +325,7 @@ def train_epoch(
     config: RunConfig,
 ) -> dict[str, Any]:
     """One pass over the training set; returns loss, accuracy, learning rates and gradient norms."""
+    loss_of = ReIDLoss.from_config(config.train)  # softmax cross-entropy unless a recipe adds to it
     group_params = [[p for p in module.parameters()] for module in model.groups().values()]
     device = next(model.parameters()).device
     loss_sum = torch.zeros((), device=device)
@@ -312,8 +336,8 @@ def train_epoch(
     progress = _progress(batches, step, config)
     for images, labels in progress:
         with autocast():
-            logits = forward(images)
-            loss = F.cross_entropy(logits.float(), labels)
+            logits, pooled = forward(images, with_pooled=True)
+            loss = loss_of(logits, pooled, labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm_sum += _group_grad_norms(group_params, device)
@@ -327,7 +351,7 @@ def train_epoch(
     if not math.isfinite(loss_value):
         raise Diverged(f"training loss became {loss_value} in epoch {step.epoch}")
     record: dict[str, Any] = {"loss": loss_value, "accuracy": correct.item() / seen}
-    record |= {f"lr_{g}": step.lr[g] for g in GROUPS}
+    record |= {f"lr_{group['name']}": group["lr"] for group in optimizer.param_groups}
     norms = (grad_norm_sum / steps).tolist()
     record |= {f"grad_norm_{g}": norm for g, norm in zip(GROUPS, norms, strict=True)}
     record |= {"seconds": seconds, "images_per_second": seen / seconds}

@@ -2,7 +2,8 @@
 
 ``load_data(config.data)`` is the entry point for a run; the modules hold the pieces:
 ``datasets`` (file lists), ``split`` (validation identities), ``images`` (decoding, cache,
-batch ops), ``synthesize`` (the synthetic data set).
+batch ops), ``sampler`` (which images form a batch), ``augment`` (training augmentations),
+``synthesize`` (the synthetic data set).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 import torch
 
 from study.config import DataConfig
+from study.data.augment import Augment, random_erasing, random_pad_crop
 from study.data.datasets import FORMATS, ReIDDataset, Sample, check_query_gallery, read_dataset
 from study.data.images import (
     IMAGENET_MEAN,
@@ -22,6 +24,7 @@ from study.data.images import (
     normalize,
     random_hflip,
 )
+from study.data.sampler import SAMPLERS, identity_batches, make_sampler, random_batches
 from study.data.split import validation_split
 from study.errors import UserError
 
@@ -29,14 +32,21 @@ __all__ = [
     "FORMATS",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "SAMPLERS",
+    "Augment",
     "ImageSet",
     "ReIDData",
     "ReIDDataset",
     "Sample",
     "decode_images",
+    "identity_batches",
     "load_data",
+    "make_sampler",
     "normalize",
+    "random_batches",
+    "random_erasing",
     "random_hflip",
+    "random_pad_crop",
     "read_dataset",
     "split_samples",
     "synthetic_name",

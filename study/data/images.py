@@ -55,8 +55,7 @@ def decode_images(paths: list[str], height: int, width: int, cache_dir: str | No
 
     With ``cache_dir`` the result is saved there and loaded again while the files are unchanged.
 
-    >>> decode_images(["a.jpg", "b.jpg"], 288, 144).shape
-    torch.Size([2, 3, 288, 144])
+    For example, ``decode_images(["a.jpg", "b.jpg"], 288, 144)`` has the shape [2, 3, 288, 144].
     """
     if cache_dir is None:
         return _decode_all(paths, height, width)
@@ -97,7 +96,9 @@ def normalize(images: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch
 def random_hflip(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Mirror each image of a [B, C, H, W] batch left-right with probability 0.5, on its device.
 
-    >>> random_hflip(batch, torch.Generator().manual_seed(0))
+    >>> batch = torch.arange(2 * 4).view(2, 1, 1, 4)  # two one-row images: 0 1 2 3 and 4 5 6 7
+    >>> random_hflip(batch, torch.Generator().manual_seed(0)).flatten().tolist()
+    [3, 2, 1, 0, 4, 5, 6, 7]
     """
     device = generator.device if generator is not None else torch.device("cpu")
     flip = torch.rand(images.shape[0], generator=generator, device=device) < 0.5

@@ -18,7 +18,7 @@ def validation_split(
     Only identities with at least two images in each of at least two cameras can be held out:
     then every query has a gallery match from another camera (same-camera matches are junk).
 
-    >>> rest, query, gallery = validation_split(data.train, identities=100, seed=0)
+    For example, ``rest, query, gallery = validation_split(data.train, identities=100, seed=0)``.
     """
     if identities <= 0:
         raise UserError(f"the validation split needs a positive number of identities, got {identities}")

@@ -42,7 +42,7 @@ def synthesize(out: Path, identities: int = 120, cameras: int = 4, seed: int = 0
     one query image per test identity and camera, its other images in the gallery. The same
     arguments always give byte-identical files.
 
-    >>> synthesize(Path("runs/data/ids120-cams4-seed0"), identities=120, cameras=4, seed=0)
+    For example, ``synthesize(Path("runs/data/ids120-cams4-seed0"), identities=120, cameras=4, seed=0)``.
     """
     out = Path(out)
     _check_arguments(identities, cameras, seed)

@@ -6,13 +6,12 @@ import argparse
 import contextlib
 from pathlib import Path
 
-from study.config import config_from_dict
+from study.config import config_from_dict, set_dotted
 from study.errors import UserError, cli
 from study.files import check_output_folder, remove_stale_temporaries
 from study.search_space import (
     SearchSpace,
     load_search_space,
-    set_dotted,
 )
 from study.sweep.preflight import (
     LOCK,
