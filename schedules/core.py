@@ -8,19 +8,28 @@ epoch, which is all the trainer reads.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
-
-from study.errors import UserError, closest
 
 BLOCKS = ("B1", "B2", "B3", "B4", "B5")
 GROUPS = (*BLOCKS, "head")
 
 
-class ScheduleError(UserError):
-    """A schedule or period built with invalid values."""
+class ScheduleError(ValueError):
+    """A schedule or period built with invalid values (the study's commands print it on one line, exit 2)."""
+
+
+def closest(name: str, valid: Iterable[str]) -> str:
+    """Return ' (did you mean X?)' for the closest valid name, or '' when nothing is close.
+
+    >>> closest("perod_epochs", ["period_epochs", "lr"])
+    " (did you mean 'period_epochs'?)"
+    """
+    match = difflib.get_close_matches(name, list(valid), n=1)
+    return f" (did you mean {match[0]!r}?)" if match else ""
 
 
 def require_positive(**values: float) -> None:

@@ -8,9 +8,8 @@ import typing
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-from schedules.core import Schedule, ScheduleError
-from study.config import convert_value
-from study.errors import closest, unknown
+from schedules.core import Schedule, ScheduleError, closest
+from schedules.values import convert_value
 
 S = TypeVar("S", bound=type[Schedule])
 
@@ -47,7 +46,8 @@ def schedule_class(name: str) -> type[Schedule]:
     if ":" in name:
         return _import_class(name)
     if name not in _SCHEDULES:
-        raise unknown("schedule", name, _SCHEDULES)
+        valid = sorted(_SCHEDULES)
+        raise ScheduleError(f"unknown schedule {name!r}{closest(name, valid)}; valid: {', '.join(valid)}")
     return _SCHEDULES[name]
 
 
@@ -72,7 +72,7 @@ def build_schedule(spec: Mapping[str, Any]) -> Schedule:
             raise ScheduleError(
                 f"schedule {name!r} has no parameter {key!r}{closest(key, fields)}; valid: {valid}"
             )
-        params[key] = convert_value(hints[key], value, f"schedule.{key}")
+        params[key] = convert_value(hints[key], value, f"schedule.{key}", error=ScheduleError)
     return cls(**params)
 
 

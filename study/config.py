@@ -8,12 +8,10 @@ class itself.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
-import math
+import functools
 import sys
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +19,8 @@ from typing import Any, Literal
 
 import yaml
 
+from schedules import Schedule, ScheduleError, build_schedule, schedule_class
+from schedules.values import convert_value as check_value
 from study.errors import UserError, closest, unknown
 
 
@@ -138,6 +138,14 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         """The flat-as-YAML dict that is saved with runs and logged to W&B."""
         return dataclasses.asdict(self)
+
+    @functools.cached_property
+    def built_schedule(self) -> Schedule:
+        """The schedule object of the ``schedule`` section, built once (``config_from_dict`` builds it)."""
+        try:
+            return build_schedule(self.schedule)
+        except ScheduleError as error:
+            raise UserError(str(error)) from None
 
 
 # Presets named by train.recipe: section -> key -> value, each applied where the config gives no value.
@@ -265,6 +273,7 @@ def config_from_dict(data: dict[str, Any], overrides: list[str] = ()) -> RunConf
     data = expand_recipe({k: v for k, v in data.items() if k not in SWEEP_SECTIONS})
     config = _build(RunConfig, data, "")
     _check_values(config)
+    config.built_schedule  # noqa: B018 (a bad schedule fails here, with the rest of the config)
     return config
 
 
@@ -324,14 +333,12 @@ def _drop_parameters_of_another_schedule(data: dict[str, Any], overridden: set[s
 
     Parameters given with ``--set`` are kept, so that a wrong one is still an error.
     """
-    from schedules import schedule_class
-
     schedule = data.get("schedule")
     if not isinstance(schedule, dict):
         return
     try:
         fields = {f.name for f in dataclasses.fields(schedule_class(schedule.get("name")))}
-    except (UserError, TypeError):
+    except (ScheduleError, TypeError):
         return  # an unknown schedule: validation names it
     dropped = [k for k in schedule if k != "name" and k not in fields and f"schedule.{k}" not in overridden]
     for key in dropped:
@@ -362,15 +369,7 @@ def _build(cls: type, data: Any, where: str) -> Any:
     return cls(**values)
 
 
-def _describe(hint: Any) -> str:
-    if typing.get_origin(hint) is Literal:
-        return " or ".join(map(str, typing.get_args(hint)))
-    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
-    return names.get(hint, getattr(hint, "__name__", str(hint)))
-
-
-# Integers fit int64 (tensors, torch); a seed (a key named *seed) fits what numpy and torch accept.
-INT_MIN, INT_MAX = -(2**63), 2**63 - 1
+# A seed (a key named *seed) fits what numpy and torch accept.
 SEED_MAX = 2**32 - 1
 
 
@@ -388,59 +387,17 @@ def check_seed(value: int, where: str) -> None:
 
 
 def convert_value(hint: Any, value: Any, where: str) -> Any:
-    """Check ``value`` against the type ``hint`` (int, float, bool, str, list, dict, Literal, Optional).
+    """Check a config value against its type ``hint`` (``schedules.values.convert_value``'s rules).
 
-    Numbers are finite; integers fit int64, and those of keys named ``*seed`` are 0..SEED_MAX.
+    A config section (a dataclass) is built key by key; integers of keys named ``*seed`` are 0..SEED_MAX.
     """
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, f"{where}.")
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin is Literal:
-        if value not in args:
-            raise UserError(f"{where} must be one of {', '.join(map(str, args))}, got {value!r}")
+    is_int = isinstance(value, int) and not isinstance(value, bool)
+    if hint is int and is_int and where.rpartition(".")[2].endswith("seed"):
+        check_seed(value, where)
         return value
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        alternatives = [a for a in args if a is not type(None)]
-        if len(alternatives) == 1:
-            return convert_value(alternatives[0], value, where)
-        for inner in alternatives:
-            with contextlib.suppress(UserError):
-                return convert_value(inner, value, where)
-        raise UserError(f"{where} must be {' or '.join(map(_describe, alternatives))}, got {value!r}")
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise UserError(f"{where} must be a mapping, got {value!r}")
-        return value
-    if origin is list:
-        if not isinstance(value, list):
-            raise UserError(f"{where} must be a list, got {value!r}")
-        return value
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise UserError(f"{where} must be true or false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise UserError(f"{where} must be an integer, got {value!r}")
-        if where.rpartition(".")[2].endswith("seed"):
-            check_seed(value, where)
-        elif not INT_MIN <= value <= INT_MAX:
-            raise UserError(f"{where} must be an integer between {INT_MIN} and {INT_MAX}, got {value}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise UserError(f"{where} must be a number, got {value!r}")
-        if abs(value) > sys.float_info.max or not math.isfinite(value):  # nan, inf, or an int too large
-            raise UserError(f"{where} must be a finite number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str | int | float) or isinstance(value, bool):
-            raise UserError(f"{where} must be a string, got {value!r}")
-        return str(value)
-    return value
+    return check_value(hint, value, where, error=UserError, nested=convert_value)
 
 
 def _check_values(config: RunConfig) -> None:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import difflib
 import functools
 import sys
 from collections.abc import Callable, Iterable
 from typing import TypeVar
+
+from schedules.core import ScheduleError, closest
 
 F = TypeVar("F", bound=Callable[..., object])
 
@@ -15,14 +16,8 @@ class UserError(Exception):
     """Bad input the user can fix; the CLI prints it on one line and exits with status 2."""
 
 
-def closest(name: str, valid: Iterable[str]) -> str:
-    """Return ' (did you mean X?)' for the closest valid name, or '' when nothing is close.
-
-    >>> closest("perod_epochs", ["period_epochs", "lr"])
-    " (did you mean 'period_epochs'?)"
-    """
-    match = difflib.get_close_matches(name, list(valid), n=1)
-    return f" (did you mean {match[0]!r}?)" if match else ""
+# What a command answers with one line and exit status 2: the study's errors and the schedules'.
+USER_ERRORS = (UserError, ScheduleError)
 
 
 def unknown(kind: str, name: str, valid: Iterable[str]) -> UserError:
@@ -42,13 +37,13 @@ def description(doc: str | None) -> str:
 
 
 def cli(main: F) -> F:
-    """Wrap a CLI entry point so that a UserError becomes 'error: ...' on stderr and exit status 2."""
+    """Wrap a CLI entry point: a UserError or ScheduleError becomes 'error: ...' on stderr, exit status 2."""
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
         try:
             return main(*args, **kwargs)
-        except UserError as error:
+        except USER_ERRORS as error:
             print(f"error: {error}", file=sys.stderr)
             raise SystemExit(2) from None
         except KeyboardInterrupt:

@@ -29,7 +29,6 @@ def retrain_final(study: Study, seeds: list[int] | None = None, jobs: int = 1) -
 
     For example ``retrain_final(load_study("runs/cuhk03_periods"), seeds=[0, 1, 2], jobs=3)``.
     """
-    from schedules import build_schedule
     from study.config import config_from_dict
     from study.search_space import SCHEDULE_KEY, SEED_KEY, parse_search_space
 
@@ -49,7 +48,7 @@ def retrain_final(study: Study, seeds: list[int] | None = None, jobs: int = 1) -
         chosen["finetune"] = lambda seed: space.run_config(configuration(finetune.iloc[0]) | {SEED_KEY: seed})
     elif best.iloc[0]["schedule"] != "finetune":
         # The paper's baseline, one period with LR x0.1 half-way, for as many epochs as the best trains.
-        epochs = build_schedule(chosen["best"](0).schedule).total_epochs
+        epochs = chosen["best"](0).built_schedule.total_epochs
         baseline = space.base_for("finetune")
         baseline["schedule"] |= {"epochs": epochs, "decay_every": "half"}
         chosen["finetune"] = lambda seed: config_from_dict(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from schedules import GROUPS, Schedule, build_schedule
+from schedules import GROUPS, Schedule
 from study.config import RunConfig, load_config
 from study.errors import cli, description
 from study.files import atomic_write_csv, check_output_file
@@ -16,6 +16,7 @@ COLUMNS = ["epoch", "period", "group", "lr", "frozen", "reset"]
 def plan_rows(schedule: Schedule) -> list[dict[str, Any]]:
     """One row per epoch and group: epoch and period from 1, lr, frozen (0/1), reset kind or 'none'.
 
+    >>> from schedules import build_schedule
     >>> plan_rows(build_schedule({"name": "finetune", "epochs": 1}))[0]
     {'epoch': 1, 'period': 1, 'group': 'B1', 'lr': 0.01, 'frozen': 0, 'reset': 'none'}
     """
@@ -130,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.csv:
         check_output_file(args.csv, "--csv")
     config = load_config(args.config, args.set)
-    schedule = build_schedule(config.schedule)
+    schedule = config.built_schedule
     print(format_plan(schedule))
     for line in run_notes(config):
         print(line)

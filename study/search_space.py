@@ -534,8 +534,6 @@ def _positive_int(value: Any, where: str) -> int:
 
 def _check_search_values(space: SearchSpace) -> None:
     """Build every schedule's config with each bound and choice, so bad values fail before any trial."""
-    from schedules import build_schedule
-
     for schedule in space.schedules:
         for param in [None, *space.params_for(schedule)]:
             for value in param.args if param else [None]:
@@ -543,7 +541,7 @@ def _check_search_values(space: SearchSpace) -> None:
                 if param is not None:
                     set_dotted(data, param.key, value)
                 try:
-                    build_schedule(config_from_dict(data).schedule)
+                    config_from_dict(data)
                 except UserError as error:
                     what = f"{param.key}={value!r}" if param else "the base config"
                     raise UserError(f"search: {what} with schedule {schedule}: {error}") from None

@@ -21,7 +21,7 @@ import torch
 import yaml
 from torch import nn
 
-from schedules import BLOCKS, GROUPS, EpochPlan, Reset, build_schedule, next_epoch, settle
+from schedules import BLOCKS, GROUPS, EpochPlan, Reset, next_epoch, settle
 from study.config import RunConfig, config_from_dict
 from study.data import Augment, ImageSet, ReIDData, load_data, make_sampler, normalize, random_batches
 from study.data.sampler import Sampler
@@ -59,7 +59,7 @@ def train_run(
     For example, ``train_run(load_config("search_spaces/demo.yaml"), "runs/demo-single")``.
     """
     out_dir = Path(out_dir)
-    plan = build_schedule(config.schedule).plan()  # the maximum plan when periods may end early
+    plan = config.built_schedule.plan()  # the maximum plan when periods may end early
     _check_plateaus(plan, config)
     check_output_folder(out_dir)
     checkpoint = _checkpoint_to_resume(out_dir, config, resume)

@@ -79,8 +79,6 @@ def main(argv: list[str] | None = None) -> None:
 
 def describe(space: SearchSpace) -> str:
     """``study demo: 6 trials (3 configurations x 2 seeds); epochs per trial: finetune 9, ...``."""
-    from schedules import build_schedule
-
     epochs = []
     for schedule in space.schedules:
         data = space.base_for(schedule)
@@ -88,7 +86,7 @@ def describe(space: SearchSpace) -> str:
             if param.fixed:
                 set_dotted(data, param.key, param.args[0])
         tuned = any(not p.fixed and p.schedule_param for p in space.params_for(schedule))
-        total = build_schedule(config_from_dict(data).schedule).total_epochs
+        total = config_from_dict(data).built_schedule.total_epochs
         epochs.append(f"{schedule} {total}{' at the base values' if tuned else ''}")
     return (
         f"study {space.name}: {space.num_trials} trials ({space.tune.num_samples} configurations x "

@@ -38,7 +38,6 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     """Ray Tune trainable: train one sampled configuration with the shared trainer, reporting every epoch."""
     from ray import tune
 
-    from schedules import build_schedule
     from study.trainer import Diverged, train_run
 
     quiet_checkpoint_lines()
@@ -47,7 +46,7 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     run_config = context.space.run_config(sampled)
     run_dir = Path(context.out) / "trials" / trial_id
     tune_epoch = restore_from_tune(tune.get_checkpoint(), run_dir)
-    plan = build_schedule(run_config.schedule).plan()
+    plan = run_config.built_schedule.plan()
     reporter = EpochReporter(plan, context.space.tune, run_dir)
     reporter.catch_up(tune_epoch)
     try:

@@ -63,9 +63,8 @@ def test_plateau_rollback_is_incremental_rollback_with_conditional_period_ends()
     ],
 )
 def test_plateau_rollback_parameters_are_checked(spec, message):
-    from study.errors import UserError
 
-    with pytest.raises((ScheduleError, UserError), match=message):
+    with pytest.raises(ScheduleError, match=message):
         build_schedule({"name": "plateau_rollback", **spec})
 
 

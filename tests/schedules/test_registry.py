@@ -1,6 +1,7 @@
 """The registry, plug-in schedules, and properties every registered schedule must have."""
 
 import dataclasses
+import subprocess
 import sys
 import textwrap
 
@@ -16,7 +17,6 @@ from schedules import (
     registered,
     uniform_lr,
 )
-from study.errors import UserError
 
 
 @pytest.mark.parametrize("name", sorted(registered()))
@@ -48,7 +48,7 @@ def test_registry_refuses_a_duplicate_name():
 
 def test_unknown_schedule_lists_valid_names_and_suggests():
     with pytest.raises(
-        UserError,
+        ScheduleError,
         match=r"unknown schedule 'incremental_rolback' \(did you mean 'incremental_rollback'\?\); valid: ",
     ):
         build_schedule({"name": "incremental_rolback"})
@@ -109,3 +109,13 @@ def test_period_validation(kwargs, message):
     args = {"epochs": 1, "lr": uniform_lr(0.1, 0.1), **kwargs}
     with pytest.raises(ScheduleError, match=message):
         Period(**args)
+
+
+def test_schedules_stand_alone_without_the_study_package():
+    code = (
+        "import sys, schedules; "
+        "schedules.build_schedule({'name': 'incremental_rollback'}).plan(); "
+        "print(sorted(m for m in sys.modules if m == 'study' or m.startswith('study.')))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"

@@ -280,12 +280,20 @@ def test_plan_csv_is_checked_before_the_plan_is_printed(config_file, tmp_path, c
     ],
 )
 def test_numbers_must_be_finite_and_fit(config_file, override, message):
-    from schedules import build_schedule
     from study.config import load_config
 
     with pytest.raises(UserError) as error:
-        build_schedule(load_config(config_file, [override]).schedule)  # as study.train and study.plan do
+        load_config(config_file, [override])  # the schedule is built and checked with the rest
     assert message in str(error.value)
+
+
+def test_the_schedule_is_built_once_when_the_config_is_validated(config_file):
+    from study.config import load_config
+
+    config = load_config(config_file)
+    assert config.built_schedule is config.built_schedule
+    assert (config.built_schedule.name, config.built_schedule.total_epochs) == ("finetune", 1)
+    assert "built_schedule" not in config.to_dict()
 
 
 def test_the_largest_seed_is_one_numpy_and_torch_accept_everywhere_the_trainer_uses_it():
