@@ -141,7 +141,11 @@ class RunConfig:
 
     @functools.cached_property
     def built_schedule(self) -> Schedule:
-        """The schedule object of the ``schedule`` section, built once (``config_from_dict`` builds it)."""
+        """The schedule object of the ``schedule`` section, built once, on first use.
+
+        Not when the config is read: a search space's base config is valid with a schedule that only
+        its compared schedules' settings make whole.
+        """
         try:
             return build_schedule(self.schedule)
         except ScheduleError as error:
@@ -273,8 +277,15 @@ def config_from_dict(data: dict[str, Any], overrides: list[str] = ()) -> RunConf
     data = expand_recipe({k: v for k, v in data.items() if k not in SWEEP_SECTIONS})
     config = _build(RunConfig, data, "")
     _check_values(config)
-    config.built_schedule  # noqa: B018 (a bad schedule fails here, with the rest of the config)
     return config
+
+
+def schedule_type(name: Any) -> type[Schedule]:
+    """The schedule class a config names (``schedules.schedule_class``), with its errors as UserErrors."""
+    try:
+        return schedule_class(name)
+    except ScheduleError as error:
+        raise UserError(str(error)) from None
 
 
 def expand_recipe(data: dict[str, Any]) -> dict[str, Any]:

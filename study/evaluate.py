@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from torch import nn
 
+from study import run_folder
 from study.config import RunConfig, config_from_dict
 from study.data import ImageSet, Sample, decode_images, normalize, read_dataset
 from study.devices import autocast_dtype, uses_channels_last
@@ -166,22 +167,7 @@ def _model_device(model: nn.Module) -> torch.device:
 def load_checkpoint(path: str | Path) -> tuple[RunConfig, dict[str, torch.Tensor]]:
     """The run config and model state_dict (the EMA weights when the run kept them) of a training
     checkpoint; one-line UserErrors for bad files."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"checkpoint {str(path)!r} does not exist or is not a file")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        detail = (str(error).strip().splitlines() or [""])[0]
-        raise UserError(f"cannot read checkpoint {str(path)!r}: {type(error).__name__}: {detail}") from None
-    if not (
-        isinstance(checkpoint, dict)
-        and isinstance(checkpoint.get("config"), dict)
-        and isinstance(checkpoint.get("model"), dict)
-    ):
-        raise UserError(
-            f"{str(path)!r} is not a training checkpoint: expected a dict with 'config' and 'model'"
-        )
+    checkpoint = run_folder.read_checkpoint(path)
     # With train.ema_decay the run validated its EMA weights: those are the checkpoint's model.
     return config_from_dict(checkpoint["config"]), checkpoint.get("ema", checkpoint["model"])
 

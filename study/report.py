@@ -114,10 +114,16 @@ def load_study(folder: str | Path) -> Study:
     return Study(folder, saved.get("_name", folder.name), saved, results, epochs, prefix, keys)
 
 
-# Settings that pieces of one study may differ in: which of its trials they ran, and where this
-# machine keeps the data.
+# Settings that pieces of one study may differ in: which of its trials they ran, how many ran at once
+# on how much of the machine, and where this machine keeps the data.
 PIECE_KEYS = {("search", "schedules"), ("search", "seeds"), ("search", "when"), ("tune", "num_samples")}
-LOCAL_KEYS = {("data", "root"), ("data", "cache_dir"), ("data", "synthetic_dir")}
+LOCAL_KEYS = {
+    ("data", "root"),
+    ("data", "cache_dir"),
+    ("data", "synthetic_dir"),
+    ("tune", "max_concurrent"),
+    ("tune", "resources"),
+}
 
 
 def merge_pieces(studies: list[Study]) -> list[Study]:
@@ -253,20 +259,36 @@ def schedules_table(study: Study) -> list[str]:
     trials = study.results.groupby("schedule").size()
     configs = study.configurations().groupby("schedule").size()
     p = study.prefix
-    lines = [
-        f"| schedule | best {p} mAP | best {p} rank-1 | final {p} mAP "
-        "| seeds | epochs | configurations | trials | status |",
-        "|---|---|---|---|---|---|---|---|---|",
+    header = ["schedule", f"best {p} mAP", f"best {p} rank-1", f"final {p} mAP"]
+    header += ["seeds", "epochs", "configurations", "trials", "status"]
+    rows = [
+        [
+            row["schedule"],
+            _pm(row["mAP_mean"], row["mAP_std"]),
+            _pm(row["rank1_mean"], row["rank1_std"]),
+            _pm(row["final_mean"], row["final_std"]),
+            row["seeds"],
+            f"{row['epochs']:g}",
+            configs[row["schedule"]],
+            trials[row["schedule"]],
+            _counts(study.results.loc[study.results["schedule"] == row["schedule"], "status"]),
+        ]
+        for _, row in best.iterrows()
     ]
-    for _, row in best.iterrows():
-        name = row["schedule"]
-        lines.append(
-            f"| {name} | {_pm(row['mAP_mean'], row['mAP_std'])} | {_pm(row['rank1_mean'], row['rank1_std'])} "
-            f"| {_pm(row['final_mean'], row['final_std'])} "
-            f"| {row['seeds']} | {row['epochs']:g} | {configs[name]} | {trials[name]} "
-            f"| {_counts(study.results.loc[study.results['schedule'] == name, 'status'])} |"
-        )
-    return lines
+    return markdown_table(header, rows)
+
+
+def markdown_table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    """A Markdown table as lines: the header, its rule and one line per row.
+
+    >>> markdown_table(["schedule", "mAP"], [["finetune", "19.58"]])
+    ['| schedule | mAP |', '|---|---|', '| finetune | 19.58 |']
+    """
+
+    def line(cells: list[Any]) -> str:
+        return f"| {' | '.join(map(str, cells))} |"
+
+    return [line(header), "|" + "---|" * len(header), *map(line, rows)]
 
 
 def baseline_schedule(study: Study) -> str | None:
@@ -501,10 +523,8 @@ def against_finetune(study: Study) -> list[str]:
         f"Final {study.metric} (the last evaluation of each run) minus `finetune`'s, in points; p: Welch's "
         "two-sided t-test over the seeds (with a few seeds only a large, consistent gap stands out of the "
         "seed noise); seeds better: the seeds whose run beats `finetune`'s run of the same seed.",
-        "",
-        f"| schedule | final {study.prefix} mAP | Δ vs finetune | p | seeds better |",
-        "|---|---|---|---|---|",
     ]
+    rows = []
     for _, row in best.iterrows():
         if row["schedule"] == "finetune":
             continue
@@ -514,11 +534,19 @@ def against_finetune(study: Study) -> list[str]:
         common = values.index.intersection(baseline.index)
         better = int((values[common] > baseline[common]).sum())
         gap = (values.mean() - baseline.mean()) * 100
-        lines.append(
-            f"| {row['schedule']} | {_pm(values.mean(), values.std(ddof=1))} | {gap:+.2f} "
-            f"| {_p_value(values, baseline)} | {better}/{len(common)} |"
+        rows.append(
+            [
+                row["schedule"],
+                _pm(values.mean(), values.std(ddof=1)),
+                f"{gap:+.2f}",
+                _p_value(values, baseline),
+                f"{better}/{len(common)}",
+            ]
         )
-    return lines if len(lines) > 4 else ["No schedule besides `finetune` has been evaluated yet."]
+    if not rows:
+        return ["No schedule besides `finetune` has been evaluated yet."]
+    header = ["schedule", f"final {study.prefix} mAP", "Δ vs finetune", "p", "seeds better"]
+    return [*lines, "", *markdown_table(header, rows)]
 
 
 def _p_value(a: pd.Series, b: pd.Series) -> str:
@@ -596,10 +624,10 @@ def importance_section(study: Study) -> list[str]:
         f"{'; rough with so few configurations' if len(complete) < 10 else ''}. "
         f"Open the study with `optuna-dashboard sqlite:///{db}`.",
         "",
-        "| parameter | importance |",
-        "|---|---|",
+        *markdown_table(
+            ["parameter", "importance"], [[f"`{name}`", f"{v:.3f}"] for name, v in importances.items()]
+        ),
     ]
-    lines += [f"| `{name}` | {value:.3f} |" for name, value in importances.items()]
     return lines
 
 
@@ -637,10 +665,7 @@ def final_table(final: list[dict[str, Any]]) -> list[str]:
         }
         for run in final
     )
-    lines = [
-        "| run | schedule | test mAP | test rank-1 | seeds | mAP per seed | epochs | folders |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
+    rows = []
     for label, runs_of in runs.groupby("label", sort=False):
         seeds = zip(runs_of["seed"], runs_of["mAP"], strict=True)
         per_seed = ", ".join(
@@ -649,12 +674,24 @@ def final_table(final: list[dict[str, Any]]) -> list[str]:
         )
         folders = ", ".join(sorted({str(Path(f).parent) for f in runs_of["folder"]}))
         mAP, rank1 = runs_of["mAP"], runs_of["rank1"]
-        lines.append(
-            f"| {label} | {runs_of['schedule'].iloc[0]} | {_pm(mAP.mean(), mAP.std(ddof=1))} "
-            f"| {_pm(rank1.mean(), rank1.std(ddof=1))} | {len(runs_of)} | {per_seed} "
-            f"| {runs_of['epochs'].iloc[0]} | {folders} |"
+        rows.append(
+            [
+                label,
+                runs_of["schedule"].iloc[0],
+                _pm(mAP.mean(), mAP.std(ddof=1)),
+                _pm(rank1.mean(), rank1.std(ddof=1)),
+                len(runs_of),
+                per_seed,
+                runs_of["epochs"].iloc[0],
+                folders,
+            ]
         )
-    lines += ["", "Values of the final model (no selection on the test set); mean ± std over seeds, in %."]
+    header = ["run", "schedule", "test mAP", "test rank-1", "seeds", "mAP per seed", "epochs", "folders"]
+    lines = [
+        *markdown_table(header, rows),
+        "",
+        "Values of the final model (no selection on the test set); mean ± std over seeds, in %.",
+    ]
     if diverged:
         lines.append(f"{len(diverged)} run(s) diverged; means and tests are over the runs that did not.")
     means = runs.groupby("label", sort=False)["mAP"].mean()
@@ -684,19 +721,20 @@ def evaluation_table(study: Study) -> list[str]:
     lines = [
         f"{metric} of each schedule's best configuration after the epochs it was evaluated at, "
         "mean ± std over the seeds, in %.",
-        "",
-        f"| schedule | {' | '.join(f'epoch {e}' for e in epochs)} |",
-        f"|---|{'---|' * len(epochs)}",
     ]
-    for schedule in schedules:
-        cells = [
-            _pm(stats.loc[(schedule, e), "mean"], stats.loc[(schedule, e), "std"])
-            if (schedule, e) in stats.index
-            else "–"
-            for e in epochs
+    rows = [
+        [
+            schedule,
+            *(
+                _pm(stats.loc[(schedule, e), "mean"], stats.loc[(schedule, e), "std"])
+                if (schedule, e) in stats.index
+                else "–"
+                for e in epochs
+            ),
         ]
-        lines.append(f"| {schedule} | {' | '.join(cells)} |")
-    return lines
+        for schedule in schedules
+    ]
+    return [*lines, "", *markdown_table(["schedule", *(f"epoch {e}" for e in epochs)], rows)]
 
 
 def gradient_table(study: Study) -> list[str]:
@@ -714,17 +752,15 @@ def gradient_table(study: Study) -> list[str]:
         "Mean gradient norm of each block over the second half of each run's epochs (mean over the "
         "epoch's steps, then over epochs and seeds)"
         + ("; in brackets, the ratio to `finetune`'s." if has_baseline else "."),
-        "",
-        f"| schedule | {' | '.join(blocks)} |",
-        f"|---|{'---|' * len(blocks)}",
     ]
+    rows = []
     for schedule, row in means.iterrows():
         cells = []
         for column in columns:
             ratio = row[column] / means.loc["finetune", column] if has_baseline else math.nan
             cells.append(f"{row[column]:.3g}" + ("" if math.isnan(ratio) else f" ({ratio:.2f}×)"))
-        lines.append(f"| {schedule} | {' | '.join(cells)} |")
-    return lines
+        rows.append([schedule, *cells])
+    return [*lines, "", *markdown_table(["schedule", *blocks], rows)]
 
 
 def drift_table(study: Study) -> list[str]:
@@ -744,20 +780,18 @@ def drift_table(study: Study) -> list[str]:
     lines = [
         "‖θ − θ⁰‖ / ‖θ⁰‖ of each block's parameters against its pre-trained weights, in %, at the "
         "last epoch of each period (mean ± sample std over the n seeds).",
-        "",
-        f"| schedule | epoch | n | {' | '.join(blocks)} |",
-        f"|---|---|---|{'---|' * len(blocks)}",
     ]
+    rows = []
     for schedule in order:
         for epoch in sorted(e for s, e in stats.index if s == schedule):
             row = stats.loc[(schedule, epoch)]
             n = int(row[(columns[0], "count")])
-            cells = " | ".join(
+            cells = [
                 _pm(row[(c, "mean")], row[(c, "std")]) if n > 1 else _percent(row[(c, "mean")])
                 for c in columns
-            )
-            lines.append(f"| {schedule} | {epoch} | {n} | {cells} |")
-    return lines
+            ]
+            rows.append([schedule, epoch, n, *cells])
+    return [*lines, "", *markdown_table(["schedule", "epoch", "n", *blocks], rows)]
 
 
 def boundary_gradient_table(study: Study) -> list[str]:
@@ -790,18 +824,16 @@ def boundary_gradient_table(study: Study) -> list[str]:
         "period before (geometric mean over the boundaries and seeds; above 1: larger after the "
         "boundary; –: the block was frozen before it). `base_cy` restarts the learning rates without "
         "rolling anything back.",
-        "",
-        f"| schedule | boundaries | {' | '.join(blocks)} |",
-        f"|---|---|{'---|' * len(blocks)}",
     ]
-    for schedule in order:
-        rows = table[table["schedule"] == schedule]
-        from scipy.stats import gmean
+    from scipy.stats import gmean
 
-        means = rows[columns].apply(lambda r: float(gmean(r.dropna())) if r.notna().any() else math.nan)
-        cells = " | ".join("–" if math.isnan(means[c]) else f"{means[c]:.2f}×" for c in columns)
-        lines.append(f"| {schedule} | {len(rows)} | {cells} |")
-    return lines
+    rows = []
+    for schedule in order:
+        boundaries = table[table["schedule"] == schedule]
+        means = boundaries[columns].apply(lambda r: float(gmean(r.dropna())) if r.notna().any() else math.nan)
+        cells = ["–" if math.isnan(means[c]) else f"{means[c]:.2f}×" for c in columns]
+        rows.append([schedule, len(boundaries), *cells])
+    return [*lines, "", *markdown_table(["schedule", "boundaries", *blocks], rows)]
 
 
 # ----------------------------------------------------------------------------- plots

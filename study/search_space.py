@@ -46,7 +46,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from study.config import RunConfig, apply_overrides, check_seed, config_from_dict, read_yaml, set_dotted
+from study.config import (
+    RunConfig,
+    apply_overrides,
+    check_seed,
+    config_from_dict,
+    read_yaml,
+    schedule_type,
+    set_dotted,
+)
 from study.errors import UserError, closest, unknown
 
 SCHEDULE_KEY = "schedule.name"
@@ -316,9 +324,7 @@ def parse_param(key: str, spec: Any, where: str) -> Param:
 
 def schedule_fields(name: str) -> tuple[str, ...]:
     """The parameters of a registered schedule (its dataclass fields)."""
-    from schedules import schedule_class
-
-    return tuple(f.name for f in dataclasses.fields(schedule_class(name)) if f.init)
+    return tuple(f.name for f in dataclasses.fields(schedule_type(name)) if f.init)
 
 
 def label_fields(label: str, variants: dict[str, dict[str, Any]]) -> tuple[str, ...]:
@@ -353,7 +359,7 @@ def _choices(args: Any, where: str) -> tuple:
 
 
 def _variants(value: Any) -> dict[str, dict[str, Any]]:
-    from schedules import registered, schedule_class
+    from schedules import registered
 
     if value is None:
         return {}
@@ -366,7 +372,7 @@ def _variants(value: Any) -> dict[str, dict[str, Any]]:
             raise UserError(f"{where} must be a schedule section with a name, such as {{name: block_order}}")
         if label in registered():
             raise UserError(f"{where}: {label!r} names a registered schedule; give the variant another label")
-        schedule_class(section["name"])  # unknown names: one line with the registered ones
+        schedule_type(section["name"])  # unknown names: one line with the registered ones
         fields = schedule_fields(section["name"])
         for key in section:
             if key != "name" and key not in fields:
@@ -378,15 +384,13 @@ def _variants(value: Any) -> dict[str, dict[str, Any]]:
 
 
 def _schedules(value: Any, variants: dict[str, dict[str, Any]]) -> tuple[str, ...]:
-    from schedules import schedule_class
-
     if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
         raise UserError(f"search.schedules must be a non-empty list of schedule names, got {value!r}")
     if len(set(value)) != len(value):
         raise UserError(f"search.schedules names a schedule twice: {value}")
     for name in value:
         if name not in variants:
-            schedule_class(name)  # unknown names: one line with the registered ones
+            schedule_type(name)  # unknown names: one line with the registered ones
     unused = [label for label in variants if label not in value]
     if unused:
         raise UserError(f"search.variants: {', '.join(unused)} not listed in search.schedules")
@@ -541,7 +545,7 @@ def _check_search_values(space: SearchSpace) -> None:
                 if param is not None:
                     set_dotted(data, param.key, value)
                 try:
-                    config_from_dict(data)
+                    config_from_dict(data).built_schedule  # noqa: B018 (built to be checked)
                 except UserError as error:
                     what = f"{param.key}={value!r}" if param else "the base config"
                     raise UserError(f"search: {what} with schedule {schedule}: {error}") from None

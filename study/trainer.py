@@ -22,13 +22,13 @@ import yaml
 from torch import nn
 
 from schedules import BLOCKS, GROUPS, EpochPlan, Reset, next_epoch, settle
+from study import run_folder
 from study.config import RunConfig, config_from_dict
 from study.data import Augment, ImageSet, ReIDData, load_data, make_sampler, normalize, random_batches
 from study.data.sampler import Sampler
 from study.devices import autocast_dtype, choose_device, uses_channels_last
 from study.errors import UserError
 from study.files import (
-    atomic_torch_save,
     atomic_write_csv,
     atomic_write_json,
     atomic_write_text,
@@ -76,9 +76,9 @@ def train_run(
     model = build_model(config.model, data.num_classes)
     # Only now, with the input known good, does the run folder appear.
     out_dir.mkdir(parents=True, exist_ok=True)
-    for folder in (out_dir, out_dir / "checkpoints"):  # what a kill inside a write left
+    for folder in (out_dir, out_dir / run_folder.CHECKPOINTS):  # what a kill inside a write left
         remove_stale_temporaries(folder)
-    atomic_write_text(out_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
+    atomic_write_text(out_dir / run_folder.CONFIG, yaml.safe_dump(config.to_dict(), sort_keys=False))
     initial = snapshot(model)  # the pre-trained blocks and the initial head, restored bit for bit
     model.to(device)
     channels_last = uses_channels_last(device, config.train.channels_last)
@@ -125,7 +125,7 @@ def train_run(
         try:
             record |= train_epoch(forward, model, optimizer, batches.epoch(step), autocast, step, config)
         except Diverged:
-            atomic_write_json(out_dir / "summary.json", summarize(history, config, status="diverged"))
+            atomic_write_json(out_dir / run_folder.SUMMARY, summarize(history, config, status="diverged"))
             raise
         record |= block_drift(model, initial)
         if _evaluation_due(step, config, len(plan)):
@@ -133,7 +133,7 @@ def train_run(
         step = settle(step, [*history, record])  # a period that may end early ends here on a plateau
         record["period_end"] = int(step.last_in_period)
         history.append(record)
-        atomic_write_csv(out_dir / "metrics.csv", history)
+        atomic_write_csv(out_dir / run_folder.METRICS, history)
         if config.train.progress:
             print(epoch_line(record, history, len(plan), config.data.evaluate_on), flush=True)
 
@@ -141,13 +141,13 @@ def train_run(
         if _checkpoint_due(step, config):
             saved = save_checkpoint(out_dir, model, optimizer, config, history, step, regularizers.state())
         if next_epoch(plan, history) is None:  # first: a sweep's scheduler may end the trial in on_epoch
-            atomic_write_json(out_dir / "summary.json", summarize(history, config))
+            atomic_write_json(out_dir / run_folder.SUMMARY, summarize(history, config))
         if on_epoch is not None:
             on_epoch(record, saved)
 
     summary = summarize(history, config)
-    if not (out_dir / "summary.json").exists():  # resumed from the final checkpoint of a killed run
-        atomic_write_json(out_dir / "summary.json", summary)
+    if not (out_dir / run_folder.SUMMARY).exists():  # resumed from the final checkpoint of a killed run
+        atomic_write_json(out_dir / run_folder.SUMMARY, summary)
     return summary
 
 
@@ -440,9 +440,6 @@ def save_checkpoint(
     """Write ``checkpoints/epoch-NNNN.pt`` at period ends; inside periods only the newest ``-mid`` one.
 
     ``extra`` adds entries (the regularizers' state: ``ema``)."""
-    folder = out_dir / "checkpoints"
-    name = f"epoch-{step.epoch:04d}" + ("" if step.last_in_period else "-mid")
-    path = folder / f"{name}.pt"
     state = {
         "format": 1,
         "epoch": step.epoch,
@@ -454,22 +451,7 @@ def save_checkpoint(
         "torch_rng": torch.get_rng_state(),
         **(extra or {}),
     }
-    atomic_torch_save(state, path)
-    for old in folder.glob("epoch-*-mid.pt"):
-        if old != path:
-            old.unlink(missing_ok=True)
-    return path
-
-
-def latest_checkpoint(folder: Path) -> dict[str, Any] | None:
-    """The newest readable checkpoint in ``folder``; a truncated or corrupt one is skipped."""
-    newest_first = sorted(folder.glob("epoch-*.pt"), key=lambda p: int(p.stem[6:10]), reverse=True)
-    for path in newest_first:
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:
-            print(f"warning: skipping unreadable checkpoint {path} ({type(error).__name__})")
-    return None
+    return run_folder.save_checkpoint(out_dir, state, step.epoch, step.last_in_period)
 
 
 def _restore(
@@ -488,17 +470,19 @@ def _restore(
 
 def _checkpoint_to_resume(out_dir: Path, config: RunConfig, resume: bool) -> dict[str, Any] | None:
     """Refuse to overwrite another run; on resume, return the checkpoint to continue from. Writes nothing."""
-    holds_run = (out_dir / "config.yaml").exists() or (out_dir / "metrics.csv").exists()
+    holds_run = run_folder.holds_run(out_dir)
     if holds_run and not resume:
         raise UserError(
             f"{out_dir} already holds a run; pass --resume to continue it or choose another --out"
         )
     if not (resume and holds_run):
         return None
-    checkpoint = latest_checkpoint(out_dir / "checkpoints")
-    if checkpoint is None:
+    newest = run_folder.newest_checkpoint(out_dir)
+    if newest is None:
         print(f"no checkpoint in {out_dir}/checkpoints yet; starting from the beginning")
-    elif not _same_run(checkpoint["config"], config):
+        return None
+    checkpoint = newest[1]
+    if not _same_run(checkpoint["config"], config):
         raise UserError(f"{out_dir} holds a run with a different config; choose another --out")
     return checkpoint
 
@@ -514,24 +498,11 @@ def _same_run(saved: dict[str, Any], config: RunConfig) -> bool:
 
 
 def summarize(history: list[dict[str, Any]], config: RunConfig, status: str = "finished") -> dict[str, Any]:
-    """Best and final metrics of a run."""
-    prefix = config.data.evaluate_on
-    key = f"{prefix}_mAP"
-    evaluated = [r for r in history if r.get(key) is not None]
-    best = max(evaluated, key=lambda r: r[key]) if evaluated else {}
-    final = evaluated[-1] if evaluated else {}
+    """Best and final metrics of a run (``summary.json``)."""
     return {
         "status": status,
         "schedule": config.schedule["name"],
-        "epochs": len(history),
-        f"best_{key}": best.get(key),
-        "best_epoch": best.get("epoch"),
-        f"best_{prefix}_rank1": best.get(f"{prefix}_rank1"),
-        f"final_{key}": final.get(key),
-        f"final_{prefix}_rank1": final.get(f"{prefix}_rank1"),
-        "final_loss": history[-1]["loss"] if history else None,
-        "train_seconds": sum(r["seconds"] for r in history),
-        "peak_gpu_mib": max((r["peak_gpu_mib"] for r in history if "peak_gpu_mib" in r), default=None),
+        **run_folder.summary_of(history, config.data.evaluate_on),
         "config": config.to_dict(),
     }
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from ray.tune import Callback
 
+from study import run_folder
 from study.files import atomic_write_csv
 from study.search_space import (
     SCHEDULE_KEY,
@@ -132,21 +133,12 @@ def write_tables(
 def trial_summary(rows: list[dict[str, Any]], prefix: str) -> dict[str, Any]:
     """Epochs done, best and final validation mAP and rank-1 of one trial's epoch rows."""
     done = [r for r in rows if not r.get("diverged")]
-    validated = [r for r in done if r.get(f"{prefix}_mAP") is not None]
-    best = max(validated, key=lambda r: r[f"{prefix}_mAP"]) if validated else {}
-    final = validated[-1] if validated else {}
+    summary = run_folder.summary_of(done, prefix)
     return {
-        "epochs": len(done),
+        "epochs": summary.pop("epochs"),
         "epochs_planned": rows[-1].get("epochs_planned") if rows else None,
         "periods_done": done[-1].get("periods_done") if done else 0,
-        f"best_{prefix}_mAP": best.get(f"{prefix}_mAP"),
-        "best_epoch": best.get("epoch"),
-        f"best_{prefix}_rank1": best.get(f"{prefix}_rank1"),
-        f"final_{prefix}_mAP": final.get(f"{prefix}_mAP"),
-        f"final_{prefix}_rank1": final.get(f"{prefix}_rank1"),
-        "final_loss": done[-1].get("loss") if done else None,
-        "train_seconds": sum(r.get("seconds", 0.0) for r in done),
-        "peak_gpu_mib": max((r["peak_gpu_mib"] for r in done if r.get("peak_gpu_mib")), default=None),
+        **summary,
     }
 
 

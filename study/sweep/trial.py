@@ -6,8 +6,6 @@ run folder once Tune holds its copy; a restored trial gets it back from Tune.
 
 from __future__ import annotations
 
-import contextlib
-import csv
 import math
 import os
 import shutil
@@ -18,6 +16,7 @@ from typing import Any
 from ray.tune import Callback
 
 from schedules import next_epoch
+from study import run_folder
 from study.search_space import (
     SearchSpace,
     TuneSettings,
@@ -112,14 +111,16 @@ class EpochReporter:
         left ahead of Tune's last snapshot; the epochs in between are reported again (the last with
         that checkpoint), so Tune, ASHA and the tables miss none of them.
         """
-        history = history_to_resume(self.run_dir)
-        newest = newest_checkpoint(self.run_dir)
-        for record in history:
+        newest = run_folder.newest_checkpoint(self.run_dir)
+        if newest is None:
+            return
+        path, checkpoint = newest
+        for record in checkpoint["history"]:
             if record["epoch"] <= tune_epoch:
                 self._remember(record)
             else:
-                last = newest is not None and record["epoch"] == checkpoint_epoch(newest)
-                self(record, newest if last else None, keep=True)  # the trainer resumes from it
+                last = record["epoch"] == checkpoint["epoch"]
+                self(record, path if last else None, keep=True)  # the trainer resumes from it
 
     def report_divergence(self, message: str) -> None:
         """Report the epoch whose loss became NaN/inf as the trial's last result, flagged ``diverged``."""
@@ -165,7 +166,7 @@ class EpochReporter:
         if checkpoint is None:
             tune.report(result)
             return
-        for old in checkpoint.parent.glob("epoch-*.pt"):
+        for old in run_folder.checkpoints(self.run_dir):
             if old != checkpoint:  # what a restore or a kill left: Tune holds a newer one now
                 old.unlink(missing_ok=True)
         stage = self.run_dir / ".to-tune"
@@ -173,7 +174,7 @@ class EpochReporter:
         stage.mkdir(parents=True)
         try:
             _link_or_copy(checkpoint, stage / checkpoint.name)
-            for name in ("config.yaml", "metrics.csv"):
+            for name in (run_folder.CONFIG, run_folder.METRICS):
                 shutil.copy2(self.run_dir / name, stage / name)
             tune.report(result, checkpoint=tune.Checkpoint.from_directory(str(stage)))
         finally:
@@ -195,7 +196,7 @@ class CheckpointKeptOnce(Callback):
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if trial.checkpoint is None:
             return
-        for path in (self.out / "trials" / trial.trial_id / "checkpoints").glob("epoch-*.pt"):
+        for path in run_folder.checkpoints(self.out / "trials" / trial.trial_id):
             path.unlink(missing_ok=True)
 
 
@@ -209,42 +210,13 @@ def restore_from_tune(checkpoint: Any, run_dir: Path) -> int:
     epoch = 0
     with checkpoint.as_directory() as folder:
         for file in Path(folder).iterdir():
-            target = run_dir / ("checkpoints" if file.suffix == ".pt" else "") / file.name
+            target = run_dir / (run_folder.CHECKPOINTS if file.suffix == ".pt" else "") / file.name
             if file.suffix == ".pt":
-                epoch = checkpoint_epoch(file)
+                epoch = run_folder.checkpoint_epoch(file)
             if not target.exists():
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(file, target)
     return epoch
-
-
-def checkpoint_epoch(path: Path) -> int:
-    """The epoch of ``checkpoints/epoch-NNNN.pt`` or ``epoch-NNNN-mid.pt``."""
-    return int(path.stem[6:10])
-
-
-def newest_checkpoint(run_dir: Path) -> Path | None:
-    """The run folder's checkpoint of the latest epoch, the one the trainer resumes from."""
-    return max((run_dir / "checkpoints").glob("epoch-*.pt"), key=checkpoint_epoch, default=None)
-
-
-def history_to_resume(run_dir: Path) -> list[dict[str, Any]]:
-    """The epochs a resumed run keeps: metrics.csv rows up to the newest checkpoint."""
-    newest = newest_checkpoint(run_dir)
-    metrics = run_dir / "metrics.csv"
-    if newest is None or not metrics.exists():
-        return []
-    last = checkpoint_epoch(newest)
-    with metrics.open() as file:
-        rows = [{k: _number(v) for k, v in row.items() if v != ""} for row in csv.DictReader(file)]
-    return [row for row in rows if row["epoch"] <= last]
-
-
-def _number(text: str) -> int | float | str:
-    for kind in (int, float):
-        with contextlib.suppress(ValueError):
-            return kind(text)
-    return text
 
 
 def _link_or_copy(source: Path, target: Path) -> None:

@@ -283,11 +283,11 @@ def test_numbers_must_be_finite_and_fit(config_file, override, message):
     from study.config import load_config
 
     with pytest.raises(UserError) as error:
-        load_config(config_file, [override])  # the schedule is built and checked with the rest
+        _ = load_config(config_file, [override]).built_schedule  # as study.train and study.plan do
     assert message in str(error.value)
 
 
-def test_the_schedule_is_built_once_when_the_config_is_validated(config_file):
+def test_the_schedule_of_a_config_is_built_once(config_file):
     from study.config import load_config
 
     config = load_config(config_file)

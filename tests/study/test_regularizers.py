@@ -108,13 +108,17 @@ def test_ema_after_k_steps_is_the_hand_computed_average_of_weights_and_batchnorm
                 expected[key] = value.clone()
     ema = regularizers.evaluated(model).state_dict()
     assert regularizers.evaluated(model) is not model and not regularizers.evaluated(model).training
+    moved = 0
     for key, value in model.state_dict().items():
         if value.is_floating_point():
             assert torch.allclose(ema[key].double(), expected[key], rtol=0, atol=1e-6), key
-            if not torch.equal(value, start[key]):  # (a conv bias before a BatchNorm gets no gradient)
+            # A conv bias before a BatchNorm gets no gradient, only float noise (threads change it).
+            if (value.double() - start[key].double()).abs().max() > 1e-4:
+                moved += 1
                 assert not torch.equal(ema[key], value), key  # an average, not the raw weights
         else:
             assert torch.equal(ema[key], value) and value.item() == 4  # num_batches_tracked
+    assert moved >= 4, "the weights must move for the average to be tested"
     assert any("running_var" in k for k in ema)
     assert regularizers.state().keys() == {"ema"}
 

@@ -302,6 +302,17 @@ def _section(text, title):
     return text.split(f"## {title}\n")[1].split("\n## ")[0]
 
 
+def test_pieces_may_differ_in_how_many_trials_ran_at_once(tmp_path, synthetic_dir):
+    whole = tmp_path / "whole"
+    write_study(whole, synthetic_dir)
+    first, second = split_into_pieces(whole, {"a": [("finetune", 0)], "b": [("finetune", 1)]})
+    saved = yaml.safe_load((second / "study.yaml").read_text())
+    saved["tune"] |= {"max_concurrent": 1, "resources": {"cpu": 2, "gpu": 0}}
+    (second / "study.yaml").write_text(yaml.safe_dump(saved))
+    (merged,) = report.merge_pieces([report.load_study(first), report.load_study(second)])
+    assert sorted(merged.results["seed"]) == [0, 1]
+
+
 def test_pieces_that_differ_or_overlap_are_one_line_errors(tmp_path, synthetic_dir, capsys):
     whole = tmp_path / "whole"
     write_study(whole, synthetic_dir)

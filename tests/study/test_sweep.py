@@ -16,6 +16,7 @@ import pytest
 import torch
 import yaml
 
+import study.run_folder as run_folder
 import study.search_space as search_space
 import study.sweep.cli as sweep_cli
 import study.sweep.preflight as sweep_preflight
@@ -593,7 +594,7 @@ def test_each_trial_keeps_its_last_checkpoint_once_in_tunes_folder(study_dir):
             assert (folder / "metrics.csv").exists()
             (checkpoint,) = (out / "tune" / row["trial_id"]).glob("checkpoint_*/epoch-*.pt")
             saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
-            assert saved["epoch"] == int(row["epochs"]) == sweep_trial.checkpoint_epoch(checkpoint)
+            assert saved["epoch"] == int(row["epochs"]) == run_folder.checkpoint_epoch(checkpoint)
         if row["status"] == "diverged":  # the trainer's summary says so too
             assert json.loads((folder / "summary.json").read_text())["status"] == "diverged"
 

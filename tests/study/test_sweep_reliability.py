@@ -26,8 +26,10 @@ import uuid
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
+import study.run_folder as run_folder
 import study.search_space as search_space
 import study.sweep.preflight as sweep_preflight
 import study.sweep.searcher as sweep_searcher
@@ -247,9 +249,7 @@ def test_kill_9_then_resume_keeps_finished_trials_and_continues_the_others(tmp_p
         (other_id,) = {p.name for p in (out / "trials").iterdir()} - {finished_id}
         other = out / "trials" / other_id
         saved = [*(other / "checkpoints").glob("epoch-*.pt"), *(out / "tune" / other_id).glob("*/epoch-*.pt")]
-        reached = max(
-            sweep_trial.checkpoint_epoch(p) for p in saved
-        )  # Tune's copy, or one a kill left behind
+        reached = max(run_folder.checkpoint_epoch(p) for p in saved)  # Tune's copy, or one a kill left behind
         assert 1 <= reached < EPOCHS
         metrics_before = metric_rows(other)
 
@@ -632,9 +632,11 @@ def test_a_resumed_trial_reports_the_epochs_tune_missed(tmp_path, monkeypatch, t
         writer = csv.DictWriter(file, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    (run_dir / "checkpoints" / "epoch-0003-mid.pt").write_bytes(b"newest")
+    history = [{k: v for k, v in row.items() if v != ""} for row in rows]
+    torch.save({"epoch": 3, "history": history[:3]}, run_dir / "checkpoints" / "epoch-0003-mid.pt")
     if tune_epoch:  # what restore_from_tune copies in from Tune's checkpoint
-        (run_dir / "checkpoints" / f"epoch-{tune_epoch:04d}-mid.pt").write_bytes(b"tune's")
+        tunes = run_dir / "checkpoints" / f"epoch-{tune_epoch:04d}-mid.pt"
+        torch.save({"epoch": tune_epoch, "history": history[:tune_epoch]}, tunes)
 
     reporter = sweep_trial.EpochReporter(plan, search_space.TuneSettings(metric="val_mAP"), run_dir)
     reporter.catch_up(tune_epoch)
@@ -645,7 +647,7 @@ def test_a_resumed_trial_reports_the_epochs_tune_missed(tmp_path, monkeypatch, t
     if reported:  # the last one carries the checkpoint the trainer resumes from
         assert fake.reports[-1][2] == ["config.yaml", "epoch-0003-mid.pt", "metrics.csv"]
         assert all(files is None for _, _, files in fake.reports[:-1])
-    assert sweep_trial.checkpoint_epoch(sweep_trial.newest_checkpoint(run_dir)) == 3
+    assert run_folder.checkpoint_epoch(run_folder.newest_checkpoint(run_dir)[0]) == 3
     assert reporter.epoch == 3 and reporter.last == 0.3
 
 
