@@ -42,3 +42,25 @@ def tiny_config(synthetic_dir):
         return config_from_dict({**base, "schedule": schedule})
 
     return make
+
+
+@pytest.fixture
+def train_until():
+    """``train_until(config, out, epoch)``: train a run and stop it after ``epoch`` as a kill would."""
+    from study import trainer
+
+    class Stopped(Exception):
+        pass
+
+    def stop_after(epoch: int):
+        def on_epoch(record, checkpoint):
+            if record["epoch"] == epoch:
+                raise Stopped
+
+        return on_epoch
+
+    def train(config: RunConfig, out, epoch: int) -> None:
+        with pytest.raises(Stopped):
+            trainer.train_run(config, out, on_epoch=stop_after(epoch))
+
+    return train

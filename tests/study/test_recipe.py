@@ -126,7 +126,7 @@ def test_the_trainer_draws_p_by_k_batches_and_augments_them_repeatably(tiny_conf
         assert not torch.equal(a, p)
 
 
-def test_a_bot_run_warms_up_adds_the_triplet_loss_and_resumes_exactly(tiny_config, tmp_path):
+def test_a_bot_run_warms_up_adds_the_triplet_loss_and_resumes_exactly(tiny_config, tmp_path, train_until):
     import csv
 
     import pytest
@@ -149,14 +149,6 @@ def test_a_bot_run_warms_up_adds_the_triplet_loss_and_resumes_exactly(tiny_confi
     plain = trainer.train_run(tiny_config(schedule, model={"last_stride": 2}), tmp_path / "plain")
     assert first["final_loss"] != plain["final_loss"]
 
-    class Stop(Exception):
-        pass
-
-    def stop_after_epoch_3(record, checkpoint):
-        if record["epoch"] == 3:
-            raise Stop
-
-    with pytest.raises(Stop):
-        trainer.train_run(config, tmp_path / "b", on_epoch=stop_after_epoch_3)
+    train_until(config, tmp_path / "b", 3)
     resumed = trainer.train_run(config, tmp_path / "b", resume=True)
     assert resumed["final_loss"] == first["final_loss"] and resumed["final_val_mAP"] == first["final_val_mAP"]

@@ -211,7 +211,7 @@ def test_validation_evaluates_the_ema_which_restarts_with_the_rolled_back_blocks
     assert all(torch.equal(v, group_state(checkpoints[0]["ema"], "B1")[k]) for k, v in kept.items())
 
 
-def test_resume_continues_the_ema_and_l2sp_bit_exactly(tiny_config, tmp_path):
+def test_resume_continues_the_ema_and_l2sp_bit_exactly(tiny_config, tmp_path, train_until):
     from study.evaluate import load_checkpoint
 
     config = tiny_config(
@@ -220,15 +220,7 @@ def test_resume_continues_the_ema_and_l2sp_bit_exactly(tiny_config, tmp_path):
     )
     trainer.train_run(config, tmp_path / "straight")
 
-    class Stop(Exception):
-        pass
-
-    def stop_after_epoch_3(record, checkpoint):
-        if record["epoch"] == 3:
-            raise Stop
-
-    with pytest.raises(Stop):
-        trainer.train_run(config, tmp_path / "resumed", on_epoch=stop_after_epoch_3)
+    train_until(config, tmp_path / "resumed", 3)
     trainer.train_run(config, tmp_path / "resumed", resume=True)
     a, b = (torch.load(tmp_path / run / "checkpoints" / "epoch-0004.pt") for run in ("straight", "resumed"))
     for key in ("model", "ema"):

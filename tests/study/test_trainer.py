@@ -193,7 +193,7 @@ def test_block_drift_is_the_relative_distance_from_the_pretrained_weights(tiny_c
     }
 
 
-def test_runs_with_a_seed_are_repeatable_and_resume_gives_the_same_result(tiny_config, tmp_path):
+def test_runs_with_a_seed_are_repeatable_and_resume_gives_the_same_result(tiny_config, tmp_path, train_until):
     config = tiny_config(
         {"name": "incremental_rollback", "period_epochs": 2, "periods": 2}, train={"checkpoint_every": 1}
     )
@@ -201,15 +201,7 @@ def test_runs_with_a_seed_are_repeatable_and_resume_gives_the_same_result(tiny_c
     second = trainer.train_run(config, tmp_path / "b")
     assert first["final_val_mAP"] == second["final_val_mAP"] and first["final_loss"] == second["final_loss"]
 
-    class Stop(Exception):
-        pass
-
-    def stop_after_epoch_3(record, checkpoint):
-        if record["epoch"] == 3:
-            raise Stop
-
-    with pytest.raises(Stop):
-        trainer.train_run(config, tmp_path / "c", on_epoch=stop_after_epoch_3)
+    train_until(config, tmp_path / "c", 3)
     resumed = trainer.train_run(config, tmp_path / "c", resume=True)
     assert resumed["final_loss"] == first["final_loss"]
     assert resumed["final_val_mAP"] == first["final_val_mAP"]
@@ -246,21 +238,13 @@ def test_a_plateau_ends_periods_early_and_the_next_one_starts_at_once(
     assert float(rows[2]["lr_B1"]) == pytest.approx(0.001) and float(rows[1]["lr_B1"]) == pytest.approx(0.01)
 
 
-def test_a_plateau_run_resumes_with_the_same_decisions(tiny_config, tmp_path):
+def test_a_plateau_run_resumes_with_the_same_decisions(tiny_config, tmp_path, train_until):
     schedule = {"name": "plateau_rollback", "period_epochs": 4, "periods": 2, "patience": 1}
     # Period 1 ends early after epoch 2; the resumed run must take that decision from the saved history.
     config = tiny_config({**schedule, "min_delta": 100.0}, train={"checkpoint_every": 1})
     first = trainer.train_run(config, tmp_path / "a")
 
-    class Stop(Exception):
-        pass
-
-    def stop_after_epoch_2(record, checkpoint):
-        if record["epoch"] == 2:
-            raise Stop
-
-    with pytest.raises(Stop):
-        trainer.train_run(config, tmp_path / "b", on_epoch=stop_after_epoch_2)
+    train_until(config, tmp_path / "b", 2)
     resumed = trainer.train_run(config, tmp_path / "b", resume=True)
     a, b = _rows(tmp_path / "a"), _rows(tmp_path / "b")
     assert [(r["period"], r["period_end"], r["loss"]) for r in a] == [
