@@ -228,6 +228,7 @@ def study_lines(
     lines += [f"{h2} Against fine-tuning", "", *against_finetune(study), ""]
     lines += [f"{h2} Best configuration", "", *best_configuration(study), ""]
     lines += [f"{h2} Parameter importance", "", *importance_section(study), ""]
+    lines += [f"{h2} After every period (the paper's Table 2)", "", *period_table(study), ""]
     lines += [f"{h2} {study.metric} at each evaluation", "", *evaluation_table(study), ""]
     lines += [f"{h2} Gradient norm per block", "", *gradient_table(study), ""]
     lines += [f"{h2} Gradient norm across period boundaries", "", *boundary_gradient_table(study), ""]
@@ -735,6 +736,51 @@ def evaluation_table(study: Study) -> list[str]:
         for schedule in schedules
     ]
     return [*lines, "", *markdown_table(["schedule", *(f"epoch {e}" for e in epochs)], rows)]
+
+
+def period_end_rows(curves: pd.DataFrame) -> pd.DataFrame:
+    """The epoch rows that end a period: ``periods_done`` reaches the period there (a run stopped
+    mid-period ends none); without that column, each period's last epoch."""
+    if "periods_done" in curves:
+        return curves[curves["periods_done"] == curves["period"]]
+    return curves.sort_values("epoch").groupby(["trial_id", "period"], sort=False).tail(1)
+
+
+def period_table(study: Study) -> list[str]:
+    """The paper's Table 2: each schedule's metric and rank-1 at every epoch where a period ends.
+
+    Every schedule is read at the period ends of all of them, so that one-period fine-tuning is
+    compared with a rollback after each of the rollback's periods.
+    """
+    curves = best_curves(study)
+    metric, rank1 = study.metric, f"{study.prefix}_rank1"
+    if curves.empty or metric not in curves or "period" not in curves or curves[metric].isna().all():
+        return ["No evaluations reported yet."]
+    ends = period_end_rows(curves)
+    own_end = ends.groupby(["schedule", "epoch"])["period"].max()
+    evaluated = curves[curves["epoch"].isin(set(ends["epoch"]))].dropna(subset=[metric])
+    columns = [c for c in (metric, rank1, "accuracy") if c in evaluated]
+    stats = evaluated.groupby(["schedule", "epoch"])[columns].agg(["mean", "std", "count"])
+    order = [s for s in study.best_per_schedule()["schedule"] if s in stats.index.get_level_values(0)]
+    lines = [
+        f"{metric} and rank-1 of each schedule's best configuration at every epoch where a period of "
+        "one of the schedules ends (the schedule's own period ends named), mean ± std over the n seeds, "
+        "in %; training accuracy: the mean over the epoch's batches and the seeds.",
+    ]
+    rows = []
+    for schedule in order:
+        for epoch in sorted(e for s, e in stats.index if s == schedule):
+            row = stats.loc[(schedule, epoch)]
+            period = own_end.get((schedule, epoch))
+            cells = [_pm(row[(c, "mean")], row[(c, "std")]) for c in columns if c != "accuracy"]
+            if "accuracy" in columns:
+                cells.append(f"{row[('accuracy', 'mean')] * 100:.1f}")
+            label = f"{epoch} (period {int(period)})" if period is not None else str(epoch)
+            rows.append([schedule, label, int(row[(metric, "count")]), *cells])
+    titles = {metric: metric.replace("_", " "), rank1: f"{study.prefix} rank-1"}
+    titles["accuracy"] = "training accuracy"
+    header = ["schedule", "after epoch", "n", *(titles[c] for c in columns)]
+    return [*lines, "", *markdown_table(header, rows)]
 
 
 def gradient_table(study: Study) -> list[str]:

@@ -20,12 +20,12 @@ def synthetic_dir(tmp_path_factory) -> str:
     return str(tmp_path_factory.mktemp("synthetic"))
 
 
-@pytest.fixture
-def tiny_config(synthetic_dir):
-    """Build a RunConfig for a tiny, fast run; keyword sections override the defaults."""
+@pytest.fixture(scope="session")
+def tiny_base(synthetic_dir):
+    """``tiny_base()``: new model, data and train sections of a tiny, fast run on the synthetic set."""
 
-    def make(schedule: dict, **sections: dict) -> RunConfig:
-        base = {
+    def make() -> dict:
+        return {
             "model": {"backbone": "mobilenet_v2", "weights": "packaged"},
             "data": {
                 "root": "synthetic",
@@ -35,8 +35,19 @@ def tiny_config(synthetic_dir):
                 "width": 32,
                 "val_identities": 6,
             },
-            "train": {"batch_size": 16, "progress": False, "eval_batch_size": 64},
+            "train": {"batch_size": 16, "eval_batch_size": 64},
         }
+
+    return make
+
+
+@pytest.fixture
+def tiny_config(tiny_base):
+    """Build a RunConfig for a tiny, fast run; keyword sections override the defaults."""
+
+    def make(schedule: dict, **sections: dict) -> RunConfig:
+        base = tiny_base()
+        base["train"]["progress"] = False
         for name, values in sections.items():
             base[name] = {**base.get(name, {}), **values}
         return config_from_dict({**base, "schedule": schedule})

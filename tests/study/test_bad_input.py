@@ -180,20 +180,11 @@ def test_train_out_that_cannot_be_a_folder_is_refused_before_the_data_loads(conf
 
 
 @pytest.fixture
-def space_file(tmp_path, synthetic_dir) -> Path:
+def space_file(tmp_path, tiny_base) -> Path:
     """A tiny search space: one configuration of one seed, W&B disabled."""
     path = tmp_path / "space.yaml"
     data = {
-        "model": {"backbone": "mobilenet_v2", "weights": "packaged"},
-        "data": {
-            "root": "synthetic",
-            "synthetic_dir": synthetic_dir,
-            "synthetic": {"identities": 32, "cameras": 3, "seed": 0},
-            "height": 64,
-            "width": 32,
-            "val_identities": 6,
-        },
-        "train": {"batch_size": 16, "eval_batch_size": 64},
+        **tiny_base(),
         "schedule": {"name": "finetune", "epochs": 1},
         "wandb": {"mode": "disabled"},
         "tune": {"num_samples": 1, "resources": {"cpu": 1, "gpu": 0}},

@@ -90,8 +90,8 @@ def test_a_sweep_without_its_extra_is_a_one_line_error(tmp_path, blocked, overri
     assert not out.exists()  # nothing made before the check
 
 
-def test_a_report_without_optuna_leaves_out_only_the_importance(tmp_path, synthetic_dir):
-    write_study(tmp_path / "study", synthetic_dir, optuna_values=(0.25, 0.45, 0.20))
+def test_a_report_without_optuna_leaves_out_only_the_importance(tmp_path, tiny_base):
+    write_study(tmp_path / "study", tiny_base, optuna_values=(0.25, 0.45, 0.20))
     result = run_without("ray,optuna,wandb", tmp_path, "study.report", str(tmp_path / "study"))
     assert result.returncode == 0, result.stderr
     text = (tmp_path / "study" / "report.md").read_text()

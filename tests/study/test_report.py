@@ -20,20 +20,11 @@ TRIALS = [
 ]
 
 
-def write_study(folder, synthetic_dir, optuna_values=(0.25, 0.45)):
+def write_study(folder, tiny_base, optuna_values=(0.25, 0.45)):
     """A two-schedule study folder as study.sweep leaves it."""
     saved = {
         "_name": "mini",
-        "model": {"backbone": "mobilenet_v2", "weights": "packaged"},
-        "data": {
-            "root": "synthetic",
-            "synthetic_dir": synthetic_dir,
-            "synthetic": {"identities": 32, "cameras": 3, "seed": 0},
-            "height": 64,
-            "width": 32,
-            "val_identities": 6,
-        },
-        "train": {"batch_size": 16, "eval_batch_size": 64},
+        **tiny_base(),
         "schedule": {"name": "incremental_rollback", "periods": 2, "period_epochs": 1},
         "search": {
             "schedules": ["finetune", "incremental_rollback"],
@@ -103,8 +94,8 @@ def write_optuna(folder, values):
         )
 
 
-def test_report_compares_schedules_over_seeds(tmp_path, synthetic_dir):
-    write_study(tmp_path, synthetic_dir)
+def test_report_compares_schedules_over_seeds(tmp_path, tiny_base):
+    write_study(tmp_path, tiny_base)
     report.main([str(tmp_path)])
     text = (tmp_path / "report.md").read_text()
     lines = text.splitlines()
@@ -130,30 +121,30 @@ def test_report_compares_schedules_over_seeds(tmp_path, synthetic_dir):
         assert f"(plots/{name})" in text
 
 
-def test_importance_is_computed_from_the_optuna_study(tmp_path, synthetic_dir):
-    write_study(tmp_path, synthetic_dir, optuna_values=(0.25, 0.45, 0.20, 0.50, 0.22))
+def test_importance_is_computed_from_the_optuna_study(tmp_path, tiny_base):
+    write_study(tmp_path, tiny_base, optuna_values=(0.25, 0.45, 0.20, 0.50, 0.22))
     section = report.importance_section(report.load_study(tmp_path))
     assert section[0].startswith("PED-ANOVA over 5 completed configurations")
     names = {line.split("`")[1] for line in section if line.startswith("| `")}
     assert names == {"schedule.lr", "schedule.name"}
 
 
-def test_importance_needs_two_completed_configurations_per_varying_parameter(tmp_path, synthetic_dir):
-    write_study(tmp_path, synthetic_dir, optuna_values=(0.25,))
+def test_importance_needs_two_completed_configurations_per_varying_parameter(tmp_path, tiny_base):
+    write_study(tmp_path, tiny_base, optuna_values=(0.25,))
     section = report.importance_section(report.load_study(tmp_path))
     assert section == [
         "Not computed: needs a varying parameter and at least 2 completed configurations per varying "
         "parameter, plus one (has 1 for 0)."
     ]
-    write_study(tmp_path / "four", synthetic_dir, optuna_values=(0.25, 0.45, 0.20, 0.50))
+    write_study(tmp_path / "four", tiny_base, optuna_values=(0.25, 0.45, 0.20, 0.50))
     section = report.importance_section(report.load_study(tmp_path / "four"))
     assert section[0].endswith("(has 4 for 2).")  # schedule and lr: 5 needed
 
 
-def test_importance_is_not_computed_when_a_parameter_is_confounded_with_the_schedule(tmp_path, synthetic_dir):
+def test_importance_is_not_computed_when_a_parameter_is_confounded_with_the_schedule(tmp_path, tiny_base):
     # The demo's shape before search.paired: each schedule at one value of lr, here 5 configurations
     # with lr = 0.01 for finetune and 0.014 for incremental_rollback.
-    write_study(tmp_path, synthetic_dir, optuna_values=(0.25, 0.45, 0.20, 0.50, 0.22))
+    write_study(tmp_path, tiny_base, optuna_values=(0.25, 0.45, 0.20, 0.50, 0.22))
     import optuna
 
     stored = optuna.load_study(study_name="mini", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
@@ -172,8 +163,8 @@ def test_folder_without_a_study_is_one_line_error(tmp_path, capsys):
     assert err == f"error: {tmp_path} holds no study (no study.yaml); run python -m study.sweep first\n"
 
 
-def test_gradient_table_compares_each_block_with_finetune(tmp_path, synthetic_dir):
-    write_study(tmp_path, synthetic_dir)
+def test_gradient_table_compares_each_block_with_finetune(tmp_path, tiny_base):
+    write_study(tmp_path, tiny_base)
     lines = report.gradient_table(report.load_study(tmp_path))
     # Second half of each run: finetune's epoch 2 (norm 3.0); rollback's epoch 2 of ir0 (3.0) and
     # epoch 1 of ir1, which stopped after one epoch (2.0): 2.5, 0.83x finetune's.
@@ -182,8 +173,8 @@ def test_gradient_table_compares_each_block_with_finetune(tmp_path, synthetic_di
     assert lines[5] == "| finetune |" + " 3 (1.00×) |" * 6
 
 
-def test_evaluation_table_gives_the_curve_of_each_schedule_over_seeds(tmp_path, synthetic_dir):
-    write_study(tmp_path, synthetic_dir)
+def test_evaluation_table_gives_the_curve_of_each_schedule_over_seeds(tmp_path, tiny_base):
+    write_study(tmp_path, tiny_base)
     lines = report.evaluation_table(report.load_study(tmp_path))
     assert lines[2] == "| schedule | epoch 1 | epoch 2 |"
     # rollback: epoch 1 of both seeds (0.20, 0.50), epoch 2 of seed 0 only (ir1 stopped after one)
@@ -191,8 +182,8 @@ def test_evaluation_table_gives_the_curve_of_each_schedule_over_seeds(tmp_path, 
     assert lines[5] == "| finetune | 15.00 ± 7.07 | 22.50 ± 10.61 |"
 
 
-def test_against_finetune_compares_final_map_with_welchs_test(tmp_path, synthetic_dir):
-    write_study(tmp_path, synthetic_dir)
+def test_against_finetune_compares_final_map_with_welchs_test(tmp_path, tiny_base):
+    write_study(tmp_path, tiny_base)
     lines = report.against_finetune(report.load_study(tmp_path))
     # Final values: rollback 0.40, 0.50; finetune 0.30, 0.15. Welch: t = 2.496, df = 1.742, p = 0.148.
     assert lines[2] == "| schedule | final val mAP | Δ vs finetune | p | seeds better |"
@@ -200,15 +191,15 @@ def test_against_finetune_compares_final_map_with_welchs_test(tmp_path, syntheti
     assert len(lines) == 5
 
 
-def test_against_finetune_needs_finetune_trials(tmp_path, synthetic_dir):
-    write_study(tmp_path, synthetic_dir)
+def test_against_finetune_needs_finetune_trials(tmp_path, tiny_base):
+    write_study(tmp_path, tiny_base)
     study = report.load_study(tmp_path)
     study.results = study.results[study.results["schedule"] != "finetune"]
     assert report.against_finetune(study) == ["No comparison: the study has no `finetune` trials."]
 
 
-def test_boundary_gradient_table_divides_a_period_start_by_the_previous_end(tmp_path, synthetic_dir):
-    write_study(tmp_path, synthetic_dir)
+def test_boundary_gradient_table_divides_a_period_start_by_the_previous_end(tmp_path, tiny_base):
+    write_study(tmp_path, tiny_base)
     study = report.load_study(tmp_path)
     lines = report.boundary_gradient_table(study)
     # ir0 crosses one boundary: epoch 2 (period 2, norm 3.0) over epoch 1 (period 1, norm 2.0);
@@ -229,9 +220,9 @@ def test_boundary_gradient_table_divides_a_period_start_by_the_previous_end(tmp_
     ]
 
 
-def test_several_studies_make_one_report_with_out(tmp_path, synthetic_dir, capsys):
+def test_several_studies_make_one_report_with_out(tmp_path, tiny_base, capsys):
     for name in ("first", "second"):
-        write_study(tmp_path / name, synthetic_dir)
+        write_study(tmp_path / name, tiny_base)
         saved = yaml.safe_load((tmp_path / name / "study.yaml").read_text())
         (tmp_path / name / "study.yaml").write_text(yaml.safe_dump(saved | {"_name": name}))
     out = tmp_path / "docs" / "results" / "both.md"
@@ -274,9 +265,9 @@ def split_into_pieces(whole, pieces):
     return [whole.parent / name for name in pieces]
 
 
-def test_the_pieces_of_a_study_are_reported_as_the_whole_study(tmp_path, synthetic_dir, capsys):
+def test_the_pieces_of_a_study_are_reported_as_the_whole_study(tmp_path, tiny_base, capsys):
     whole = tmp_path / "whole"
-    write_study(whole, synthetic_dir)
+    write_study(whole, tiny_base)
     pieces = split_into_pieces(
         whole,
         {
@@ -302,9 +293,9 @@ def _section(text, title):
     return text.split(f"## {title}\n")[1].split("\n## ")[0]
 
 
-def test_pieces_may_differ_in_how_many_trials_ran_at_once(tmp_path, synthetic_dir):
+def test_pieces_may_differ_in_how_many_trials_ran_at_once(tmp_path, tiny_base):
     whole = tmp_path / "whole"
-    write_study(whole, synthetic_dir)
+    write_study(whole, tiny_base)
     first, second = split_into_pieces(whole, {"a": [("finetune", 0)], "b": [("finetune", 1)]})
     saved = yaml.safe_load((second / "study.yaml").read_text())
     saved["tune"] |= {"max_concurrent": 1, "resources": {"cpu": 2, "gpu": 0}}
@@ -313,9 +304,9 @@ def test_pieces_may_differ_in_how_many_trials_ran_at_once(tmp_path, synthetic_di
     assert sorted(merged.results["seed"]) == [0, 1]
 
 
-def test_pieces_that_differ_or_overlap_are_one_line_errors(tmp_path, synthetic_dir, capsys):
+def test_pieces_that_differ_or_overlap_are_one_line_errors(tmp_path, tiny_base, capsys):
     whole = tmp_path / "whole"
-    write_study(whole, synthetic_dir)
+    write_study(whole, tiny_base)
     first, second = split_into_pieces(
         whole, {"a": [("finetune", 0), ("finetune", 1)], "b": [("finetune", 1)]}
     )
@@ -335,8 +326,8 @@ def test_pieces_that_differ_or_overlap_are_one_line_errors(tmp_path, synthetic_d
         report.merge_pieces([report.load_study(first), report.load_study(second)])
 
 
-def test_final_retrains_the_best_and_finetune_once_per_seed_on_the_test_protocol(tmp_path, synthetic_dir):
-    write_study(tmp_path, synthetic_dir)
+def test_final_retrains_the_best_and_finetune_once_per_seed_on_the_test_protocol(tmp_path, tiny_base):
+    write_study(tmp_path, tiny_base)
     report.main([str(tmp_path), "--final"])
     runs = {}
     for label in ("best", "finetune"):
@@ -357,8 +348,8 @@ def test_final_retrains_the_best_and_finetune_once_per_seed_on_the_test_protocol
     assert "The best configuration minus fine-tuning: " in text and "Welch's t-test p = " in text
 
 
-def test_final_runs_that_diverge_are_shown_as_diverged_not_as_their_last_evaluation(tmp_path, synthetic_dir):
-    write_study(tmp_path, synthetic_dir)
+def test_final_runs_that_diverge_are_shown_as_diverged_not_as_their_last_evaluation(tmp_path, tiny_base):
+    write_study(tmp_path, tiny_base)
     results = tmp_path / "results.csv"
     results.write_text(results.read_text().replace(",0.02,", ",1000000.0,"))  # the best's schedule.lr
     report.main([str(tmp_path), "--final"])
@@ -370,9 +361,9 @@ def test_final_runs_that_diverge_are_shown_as_diverged_not_as_their_last_evaluat
     assert "The best configuration minus fine-tuning" not in text  # nothing to compare with
 
 
-def test_final_with_jobs_trains_in_other_processes_as_it_would_here(tmp_path, synthetic_dir, monkeypatch):
-    write_study(tmp_path / "here", synthetic_dir)
-    write_study(tmp_path / "processes", synthetic_dir)
+def test_final_with_jobs_trains_in_other_processes_as_it_would_here(tmp_path, tiny_base, monkeypatch):
+    write_study(tmp_path / "here", tiny_base)
+    write_study(tmp_path / "processes", tiny_base)
     # A run's numbers depend on its torch threads: train here with those of each of 2 processes.
     threads = torch.get_num_threads()
     torch.set_num_threads(final.threads_per_job(2))
@@ -401,16 +392,16 @@ def test_final_with_jobs_trains_in_other_processes_as_it_would_here(tmp_path, sy
         (["--final", "--jobs", "0"], "--jobs must be at least 1, got 0"),
     ],
 )
-def test_bad_final_options_are_one_line_errors(tmp_path, synthetic_dir, capsys, args, message):
-    write_study(tmp_path, synthetic_dir)
+def test_bad_final_options_are_one_line_errors(tmp_path, tiny_base, capsys, args, message):
+    write_study(tmp_path, tiny_base)
     with pytest.raises(SystemExit) as exit:
         report.main([str(tmp_path), *args])
     assert exit.value.code == 2 and capsys.readouterr().err == f"error: {message}\n"
     assert not (tmp_path / "final").exists() and not (tmp_path / "report.md").exists()
 
 
-def test_final_fine_tunes_for_the_best_budget_when_the_study_has_no_finetune(tmp_path, synthetic_dir):
-    write_study(tmp_path, synthetic_dir)
+def test_final_fine_tunes_for_the_best_budget_when_the_study_has_no_finetune(tmp_path, tiny_base):
+    write_study(tmp_path, tiny_base)
     study = report.load_study(tmp_path)
     study.results = study.results[study.results["schedule"] != "finetune"]
     runs = final.retrain_final(study, seeds=[0])
@@ -421,8 +412,8 @@ def test_final_fine_tunes_for_the_best_budget_when_the_study_has_no_finetune(tmp
     assert runs[1]["summary"]["epochs"] == 2 and runs[1]["summary"]["config"]["data"]["evaluate_on"] == "test"
 
 
-def test_final_retrains_nothing_in_a_study_already_on_the_test_protocol(tmp_path, synthetic_dir, capsys):
-    write_study(tmp_path, synthetic_dir)
+def test_final_retrains_nothing_in_a_study_already_on_the_test_protocol(tmp_path, tiny_base, capsys):
+    write_study(tmp_path, tiny_base)
     saved = yaml.safe_load((tmp_path / "study.yaml").read_text())
     saved["data"]["evaluate_on"] = "test"
     (tmp_path / "study.yaml").write_text(yaml.safe_dump(saved))
@@ -435,8 +426,30 @@ def test_final_retrains_nothing_in_a_study_already_on_the_test_protocol(tmp_path
     assert "| incremental_rollback | 45.00 ± 7.07 |" in text and "--final" not in text
 
 
-def test_drift_table_gives_each_blocks_distance_from_pretrained_at_every_period_end(tmp_path, synthetic_dir):
-    write_study(tmp_path, synthetic_dir)
+def test_period_table_reads_every_schedule_at_every_period_end_as_the_papers_table_2(tmp_path, tiny_base):
+    write_study(tmp_path, tiny_base)
+    study = report.load_study(tmp_path)
+    epochs = study.epochs
+    finetune = epochs["schedule"] == "finetune"
+    epochs["periods_done"] = epochs["period"].where(~finetune, (epochs["epoch"] == 2).astype(int))
+    epochs["val_rank1"] = epochs["val_mAP"] + 0.10
+    epochs["accuracy"] = 0.5
+    lines = report.period_table(study)
+    assert lines[2] == "| schedule | after epoch | n | val mAP | val rank-1 | training accuracy |"
+    # The rollback's 1-epoch periods end at epochs 1 and 2 (ir1 stopped after 1), finetune's one
+    # period at 2; finetune is read at epoch 1 too, the end of the rollback's first period.
+    assert lines[4:] == [
+        "| incremental_rollback | 1 (period 1) | 2 | 35.00 ± 21.21 | 45.00 ± 21.21 | 50.0 |",
+        "| incremental_rollback | 2 (period 2) | 1 | 40.00 | 50.00 | 50.0 |",
+        "| finetune | 1 | 2 | 15.00 ± 7.07 | 25.00 ± 7.07 | 50.0 |",
+        "| finetune | 2 (period 1) | 2 | 22.50 ± 10.61 | 32.50 ± 10.61 | 50.0 |",
+    ]
+    study.epochs["val_mAP"] = float("nan")
+    assert report.period_table(study) == ["No evaluations reported yet."]
+
+
+def test_drift_table_gives_each_blocks_distance_from_pretrained_at_every_period_end(tmp_path, tiny_base):
+    write_study(tmp_path, tiny_base)
     study = report.load_study(tmp_path)
     assert report.drift_table(study)[0].startswith("No distances from the pre-trained weights")
     drift = {"ft0": 0.02, "ft1": 0.04, "ir0": 0.10, "ir1": 0.30}  # by trial, times the epoch below
@@ -478,10 +491,8 @@ def test_identical_schedules_show_no_detectable_difference_and_one_seed_allows_n
     assert unpaired.seeds == 0  # seeds the baseline lacks are not compared
 
 
-def test_the_verdict_comes_first_with_its_interval_and_the_caveats_say_what_was_found(
-    tmp_path, synthetic_dir
-):
-    write_study(tmp_path, synthetic_dir)
+def test_the_verdict_comes_first_with_its_interval_and_the_caveats_say_what_was_found(tmp_path, tiny_base):
+    write_study(tmp_path, tiny_base)
     report.main([str(tmp_path)])
     text = (tmp_path / "report.md").read_text()
     sections = [line for line in text.splitlines() if line.startswith("## ")]
@@ -499,8 +510,8 @@ def test_the_verdict_comes_first_with_its_interval_and_the_caveats_say_what_was_
     assert "- Chance level of this evaluation split (" in text
 
 
-def test_runs_still_improving_at_their_last_evaluations_are_called_not_converged(tmp_path, synthetic_dir):
-    write_study(tmp_path, synthetic_dir)
+def test_runs_still_improving_at_their_last_evaluations_are_called_not_converged(tmp_path, tiny_base):
+    write_study(tmp_path, tiny_base)
     study = report.load_study(tmp_path)
     assert report._not_converged(study) == []  # two evaluations each: too few to tell
     extra = study.epochs[study.epochs["schedule"] == "finetune"].copy()

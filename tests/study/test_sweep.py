@@ -415,9 +415,9 @@ def test_trial_summary_keeps_the_peak_gpu_memory_for_choosing_fractions():
     assert sweep_tables.trial_summary(cpu_rows, "val")["peak_gpu_mib"] is None
 
 
-def test_a_study_with_failed_trials_exits_1(tmp_path, synthetic_dir, monkeypatch, capsys):
+def test_a_study_with_failed_trials_exits_1(tmp_path, tiny_base, monkeypatch, capsys):
     space = tmp_path / "tiny.yaml"
-    space.write_text(TINY_STUDY.format(synthetic_dir=synthetic_dir))
+    space.write_text(yaml.safe_dump(tiny_base() | yaml.safe_load(TINY_STUDY)))
     monkeypatch.setattr(sweep_tuner, "run_study", lambda *args: ["finished", "error", "diverged", "finished"])
     with pytest.raises(SystemExit) as exit_info:
         sweep_cli.main([str(space), "--out", str(tmp_path / "study"), "--set", "wandb.mode=disabled"])
@@ -437,44 +437,36 @@ def test_trial_status():
 
 # ----------------------------------------------------------------------------- one real study
 
+# The tiny run's model, data and train sections (tiny_base) with these.
 TINY_STUDY = """
-model: {{backbone: mobilenet_v2, weights: packaged}}
-data:
-  root: synthetic
-  synthetic_dir: {synthetic_dir}
-  synthetic: {{identities: 32, cameras: 3, seed: 0}}
-  height: 64
-  width: 32
-  val_identities: 6
-train: {{batch_size: 16, eval_batch_size: 64}}
-schedule: {{name: incremental_rollback, periods: 2, period_epochs: 1}}
-wandb: {{mode: offline, project: rollback-study-tests}}
+schedule: {name: incremental_rollback, periods: 2, period_epochs: 1}
+wandb: {mode: offline, project: rollback-study-tests}
 search:
   schedules: [finetune, keep_B1]
   variants:
-    keep_B1: {{name: block_order, retained: [[], [B1]]}}   # Table 1's "Block1"
+    keep_B1: {name: block_order, retained: [[], [B1]]}   # Table 1's "Block1"
   seeds: [0, 1]
   params:
-    schedule.lr: {{loguniform: [5.0e-3, 2.0e-2]}}
+    schedule.lr: {loguniform: [5.0e-3, 2.0e-2]}
   when:
-    finetune: {{schedule.epochs: 1, schedule.head_lr: 1.0e+6}}   # diverges in its first epoch
+    finetune: {schedule.epochs: 1, schedule.head_lr: 1.0e+6}   # diverges in its first epoch
 tune:
   num_samples: 2
   max_concurrent: 2
-  resources: {{cpu: 1, gpu: 0}}
-  asha: {{grace_periods: 1, reduction_factor: 2}}
+  resources: {cpu: 1, gpu: 0}
+  asha: {grace_periods: 1, reduction_factor: 2}
 """
 
 
 @pytest.fixture(scope="module")
-def study_dir(tmp_path_factory, synthetic_dir):
+def study_dir(tmp_path_factory, tiny_base):
     """Run the tiny study once (Ray local on 2 CPUs, W&B offline, everything under tmp)."""
     import ray
 
     tmp = tmp_path_factory.mktemp("sweep")
     ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths have a length limit
     space = tmp / "tiny.yaml"
-    space.write_text(TINY_STUDY.format(synthetic_dir=synthetic_dir))
+    space.write_text(yaml.safe_dump(tiny_base() | yaml.safe_load(TINY_STUDY)))
     out = tmp / "study"
     cwd_before = set(os.listdir("."))
     with pytest.MonkeyPatch.context() as patch:

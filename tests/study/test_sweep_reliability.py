@@ -41,17 +41,18 @@ ROOT = Path(__file__).resolve().parents[2]
 MARKER = "ROLLBACK_STUDY_SWEEP_TEST"
 FAKE_KEY = "feedface" * 5  # 40 hex digits, like a real W&B key
 
-BASE = """
-model: {{backbone: mobilenet_v2, weights: packaged}}
-data:
-  root: synthetic
-  synthetic_dir: {synthetic_dir}
-  synthetic: {{identities: 32, cameras: 3, seed: 0}}
-  height: 64
-  width: 32
-  val_identities: 6
-train: {{batch_size: 16, eval_batch_size: 64, checkpoint_every: 1}}
-"""
+
+def write_space(path: Path, tiny_base, study: str) -> Path:
+    """The tiny run, a checkpoint every epoch, and ``study``'s sections (YAML), as a search-space file."""
+    path.write_text(yaml.safe_dump(tiny_space(tiny_base) | yaml.safe_load(study)))
+    return path
+
+
+def tiny_space(tiny_base) -> dict:
+    data = tiny_base()
+    data["train"]["checkpoint_every"] = 1
+    return data
+
 
 # Two seeds of one configuration, one trial at a time, a checkpoint every epoch: killed while the
 # second seed trains, the first is finished and the second has checkpoints.
@@ -218,9 +219,8 @@ def optuna_trials(out: Path, name: str) -> list:
 # ----------------------------------------------------------------------------- kill -9 and --resume
 
 
-def test_kill_9_then_resume_keeps_finished_trials_and_continues_the_others(tmp_path, synthetic_dir):
-    space = tmp_path / "killed.yaml"
-    space.write_text(BASE.format(synthetic_dir=synthetic_dir) + KILLED_STUDY)
+def test_kill_9_then_resume_keeps_finished_trials_and_continues_the_others(tmp_path, tiny_base):
+    space = write_space(tmp_path / "killed.yaml", tiny_base, KILLED_STUDY)
     out = tmp_path / "study"
     with child_sweeps(tmp_path) as sweeps:
         log = tmp_path / "first.log"
@@ -314,9 +314,8 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def test_a_kill_after_optuna_stored_a_configuration_loses_no_planned_schedule(tmp_path, synthetic_dir):
-    space = tmp_path / "planned.yaml"
-    space.write_text(BASE.format(synthetic_dir=synthetic_dir) + PLANNED_STUDY)
+def test_a_kill_after_optuna_stored_a_configuration_loses_no_planned_schedule(tmp_path, tiny_base):
+    space = write_space(tmp_path / "planned.yaml", tiny_base, PLANNED_STUDY)
     out = tmp_path / "study"
     with child_sweeps(tmp_path) as sweeps:
         command = [sys.executable, "-c", KILLED_AFTER_ASK, str(space), "--out", str(out)]
@@ -357,15 +356,14 @@ tune:
 
 
 def test_a_trial_on_a_lost_node_restarts_from_its_checkpoint_and_the_study_finishes(
-    tmp_path, synthetic_dir, monkeypatch
+    tmp_path, tiny_base, monkeypatch
 ):
     """Two one-CPU nodes of a real Ray cluster on this machine, one trial on each; the second node's
     processes are killed once both trials have a checkpoint. Its trial is restarted on the other node
     from that checkpoint, and the sweep ends with every trial finished, with no --resume."""
     from ray.cluster_utils import Cluster
 
-    space = tmp_path / "lost.yaml"
-    space.write_text(BASE.format(synthetic_dir=synthetic_dir) + LOST_NODE_STUDY)
+    space = write_space(tmp_path / "lost.yaml", tiny_base, LOST_NODE_STUDY)
     out = tmp_path / "study"
     with child_sweeps(tmp_path) as sweeps:
         for name in ("RAY_AUTH_MODE", "RAY_TMPDIR"):
@@ -400,11 +398,10 @@ def test_a_trial_on_a_lost_node_restarts_from_its_checkpoint_and_the_study_finis
 
 
 @pytest.fixture(scope="module")
-def key_study(tmp_path_factory, synthetic_dir):
+def key_study(tmp_path_factory, tiny_base):
     """Run KEY_STUDY as a child process with WANDB_API_KEY set (W&B offline: nothing is sent)."""
     tmp = tmp_path_factory.mktemp("key")
-    space = tmp / "keyed.yaml"
-    space.write_text(BASE.format(synthetic_dir=synthetic_dir) + KEY_STUDY)
+    space = write_space(tmp / "keyed.yaml", tiny_base, KEY_STUDY)
     out = tmp / "study"
     with child_sweeps(tmp) as sweeps:
         result = sweeps.run(space, out, WANDB_API_KEY=FAKE_KEY)
@@ -487,8 +484,8 @@ def test_a_folder_holding_another_study_is_refused_and_left_untouched(key_study,
 # ----------------------------------------------------------------------------- without Ray
 
 
-def seeds_space(tmp_path: Path, num_samples: int, schedules: list[str] | None = None):
-    data = yaml.safe_load(BASE.format(synthetic_dir=tmp_path))
+def seeds_space(tiny_base, num_samples: int, schedules: list[str] | None = None):
+    data = tiny_space(tiny_base)
     data |= {
         "schedule": {"name": "finetune", "epochs": 2},
         "search": {"seeds": [0, 1], "params": {"schedule.lr": {"loguniform": [1.0e-3, 1.0e-1]}}},
@@ -499,10 +496,10 @@ def seeds_space(tmp_path: Path, num_samples: int, schedules: list[str] | None = 
     return search_space.parse_search_space(data, "seeds")
 
 
-def test_optuna_learns_fail_complete_or_pruned_once_every_seed_of_a_configuration_ended(tmp_path):
+def test_optuna_learns_fail_complete_or_pruned_once_every_seed_of_a_configuration_ended(tmp_path, tiny_base):
     """FAIL for a diverged or errored seed; the mean when all finished; PRUNED (with the mean at every
     completed period as intermediate values) when ASHA stopped a seed early or none reported a value."""
-    space = seeds_space(tmp_path, 6)
+    space = seeds_space(tiny_base, 6)
     searcher = sweep_searcher.make_searcher(space, tmp_path)
     ok, diverged = {"val_mAP": 0.25, "epoch": 2, "epochs_planned": 2}, {"val_mAP": 0.0, "diverged": True}
     stopped = {"val_mAP": 0.5, "epoch": 1, "epochs_planned": 2}
@@ -539,8 +536,8 @@ def test_optuna_learns_fail_complete_or_pruned_once_every_seed_of_a_configuratio
     assert [t.user_attrs["configuration"] for t in trials] == list(range(6))
 
 
-def test_a_paired_study_runs_every_schedule_at_each_sampled_value_set(tmp_path):
-    space = seeds_space(tmp_path, 4, schedules=["finetune", "base_cy"])
+def test_a_paired_study_runs_every_schedule_at_each_sampled_value_set(tmp_path, tiny_base):
+    space = seeds_space(tiny_base, 4, schedules=["finetune", "base_cy"])
     space = dataclasses.replace(space, paired=True)
     searcher = sweep_searcher.make_searcher(space, tmp_path)
     configs = [searcher.suggest(f"t{i}") for i in range(8)]  # 4 configurations x 2 seeds
@@ -554,17 +551,17 @@ def test_a_paired_study_runs_every_schedule_at_each_sampled_value_set(tmp_path):
     )
 
 
-def test_paired_needs_a_multiple_of_the_schedules():
-    data = yaml.safe_load(BASE.format(synthetic_dir="/tmp/x"))
+def test_paired_needs_a_multiple_of_the_schedules(tiny_base):
+    data = tiny_space(tiny_base)
     data |= {"search": {"schedules": ["finetune", "base_cy"], "paired": True}, "tune": {"num_samples": 3}}
     with pytest.raises(UserError, match=r"tune\.num_samples=3 must be a multiple of the 2 schedules"):
         search_space.parse_search_space(data, "odd")
 
 
-def test_a_resumed_searcher_adopts_the_optuna_trials_its_snapshot_never_saw(tmp_path):
+def test_a_resumed_searcher_adopts_the_optuna_trials_its_snapshot_never_saw(tmp_path, tiny_base):
     """Killed after Optuna stored a configuration but before Tune's snapshot: the resumed study runs
     that configuration (same values, same Optuna trial) and not a new one, and tells nothing twice."""
-    space = seeds_space(tmp_path, 3, schedules=["finetune", "base_cy"])
+    space = seeds_space(tiny_base, 3, schedules=["finetune", "base_cy"])
     searcher = sweep_searcher.make_searcher(space, tmp_path)
     first = [searcher.suggest(f"a{i}") for i in range(2)]
     for i in range(2):
