@@ -267,8 +267,9 @@ def _too_large(node: yaml.Node, problem: str) -> yaml.YAMLError:
     return yaml.MarkedYAMLError(problem=problem, problem_mark=node.start_mark)
 
 
-# A search space file is a run config plus these sections, which only study.sweep reads.
-SWEEP_SECTIONS = ("search", "tune")
+# A search space file is a run config plus these sections, which only study.sweep reads (_name: the
+# study's name, which it adds to the study.yaml it saves, so that a saved study.yaml reads as one too).
+SWEEP_SECTIONS = ("search", "tune", "_name")
 
 
 def config_from_dict(data: dict[str, Any], overrides: list[str] = ()) -> RunConfig:

@@ -22,6 +22,7 @@ import contextlib
 import copy
 import importlib.util
 import math
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,25 @@ class Study:
         """A trial's run folder (in its own piece's folder when the study was run in pieces)."""
         row = self.results.set_index("trial_id").loc[trial_id]
         return Path(row["piece"] if self.pieces else self.folder) / row.get("run_dir", f"trials/{trial_id}")
+
+    def retrain_command(self, trial_id: str) -> str:
+        """The command that trains a trial again: from its config.yaml, or, where its trials/ folder was
+        not kept (pieces committed as tables), from the study.yaml it ran from with its schedule, values
+        and seed set, which builds the same run config."""
+        config = self.trial_folder(trial_id) / "config.yaml"
+        if config.exists():
+            return f"python -m study.train {config} --out DIR"
+        row = self.results.set_index("trial_id").loc[trial_id]
+        variants = (self.saved.get("search") or {}).get("variants") or {}
+        schedule = variants.get(row["schedule"], {"name": row["schedule"]})
+        values = {
+            **{f"schedule.{key}": value for key, value in schedule.items()},
+            **{key: row[key] for key in self.keys if not _missing(row[key])},
+            "train.seed": row[SEED],
+        }
+        sets = " ".join(f"--set {shlex.quote(f'{key}={_as_typed(value)}')}" for key, value in values.items())
+        space = Path(row["piece"]) if self.pieces else self.folder
+        return f"python -m study.train {space / 'study.yaml'} {sets} --out DIR"
 
     def best_per_schedule(self) -> pd.DataFrame:
         """Each schedule's best configuration (highest mean best mAP over seeds), best first."""
@@ -570,13 +590,11 @@ def best_configuration(study: Study) -> list[str]:
         "",
     ]
     lines += [f"- `{key}`: {_value(row[key])}" for key in study.keys if not _missing(row[key])]
-    trial = row["trial_ids"][0]
     final = f", or on the test protocol with `python -m study.report {study.folder} --final`"
     lines += [
         "",
         f"Trials: {', '.join(row['trial_ids'])}. Train it again with "
-        f"`python -m study.train {study.trial_folder(trial) / 'config.yaml'} --out DIR`"
-        f"{final if study.prefix == 'val' else ''}.",
+        f"`{study.retrain_command(row['trial_ids'][0])}`{final if study.prefix == 'val' else ''}.",
     ]
     return lines
 
@@ -819,13 +837,13 @@ def drift_table(study: Study) -> list[str]:
     columns = [c for c in curves.columns if c.startswith("drift_")]
     if curves.empty or not columns or "period" not in curves:
         return ["No distances from the pre-trained weights reported yet (runs before this metric existed)."]
-    ends = curves.sort_values("epoch").groupby(["schedule", "trial_id", "period"], sort=False).tail(1)
+    ends = period_end_rows(curves)
     stats = ends.groupby(["schedule", "epoch"])[columns].agg(["mean", "std", "count"])
     order = [s for s in study.best_per_schedule()["schedule"] if s in set(ends["schedule"])]
     blocks = [c.removeprefix("drift_") for c in columns]
     lines = [
         "‖θ − θ⁰‖ / ‖θ⁰‖ of each block's parameters against its pre-trained weights, in %, at the "
-        "last epoch of each period (mean ± sample std over the n seeds).",
+        "end of each period (mean ± sample std over the n seeds).",
     ]
     rows = []
     for schedule in order:
@@ -1053,6 +1071,14 @@ def _counts(statuses: pd.Series) -> str:
 
 def _missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _as_typed(value: Any) -> str:
+    """A results.csv value as ``--set`` reads it back: whole floats (an int column padded with NaN) as
+    integers, other floats to the last digit."""
+    if isinstance(value, float | np.floating):
+        return str(int(value)) if float(value).is_integer() else repr(float(value))
+    return str(int(value)) if isinstance(value, np.integer) else str(value)
 
 
 def _value(value: Any) -> str:

@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from study.config import (
+    SWEEP_SECTIONS,
     RunConfig,
     apply_overrides,
     check_seed,
@@ -273,7 +274,7 @@ def _drop_conditions_of_uncompared_schedules(data: dict[str, Any], overridden: s
 
 def parse_search_space(data: dict[str, Any], name: str) -> SearchSpace:
     """Validate the ``search`` and ``tune`` sections against the run config and the schedules."""
-    base = {k: v for k, v in data.items() if k not in ("search", "tune")}
+    base = {k: v for k, v in data.items() if k not in SWEEP_SECTIONS}
     base_config = config_from_dict(base)  # unknown sections and bad values of the base config
     base = base_config.to_dict()
     search = _mapping(data.get("search"), "search", SEARCH_KEYS)

@@ -121,6 +121,31 @@ def test_report_compares_schedules_over_seeds(tmp_path, tiny_base):
         assert f"(plots/{name})" in text
 
 
+def test_train_it_again_builds_the_trials_run_config_without_its_trials_folder(tmp_path, tiny_base):
+    import dataclasses
+    import shlex
+
+    from study.config import load_config
+    from study.search_space import load_search_space
+
+    write_study(tmp_path, tiny_base)  # tables only, as a piece is committed: no trials/ folders
+    study = report.load_study(tmp_path)
+    command = shlex.split(study.retrain_command("ft1"))
+    assert command[:4] == ["python", "-m", "study.train", str(tmp_path / "study.yaml")]
+    assert command[-2:] == ["--out", "DIR"]
+    rebuilt = load_config(command[3], command[5:-2:2])
+    sampled = {"schedule.name": "finetune", "schedule.lr": 0.01, "schedule.epochs": 2, "train.seed": 1}
+    expected = load_search_space(tmp_path / "study.yaml").run_config(sampled)
+    assert rebuilt.schedule == {"name": "finetune", "lr": 0.01, "epochs": 2}
+    assert dataclasses.replace(rebuilt, train=dataclasses.replace(rebuilt.train, progress=False)) == expected
+    # a trial whose folder is there is trained again from its own config
+    (tmp_path / "trials" / "ir0").mkdir(parents=True)
+    (tmp_path / "trials" / "ir0" / "config.yaml").write_text("{}")
+    assert (
+        study.retrain_command("ir0") == f"python -m study.train {tmp_path}/trials/ir0/config.yaml --out DIR"
+    )
+
+
 def test_importance_is_computed_from_the_optuna_study(tmp_path, tiny_base):
     write_study(tmp_path, tiny_base, optuna_values=(0.25, 0.45, 0.20, 0.50, 0.22))
     section = report.importance_section(report.load_study(tmp_path))
@@ -464,6 +489,12 @@ def test_drift_table_gives_each_blocks_distance_from_pretrained_at_every_period_
         "| incremental_rollback | 2 | 1 |" + " 20.00 |" * 5,  # one seed: no spread to give
         "| finetune | 2 | 2 |" + " 6.00 ± 2.83 |" * 5,
     ]
+    # With periods_done a period ends where the run completed it, as in Table 2: ft1 stopped
+    # before the end of its one period, so only ft0's is left.
+    ends_of_finetune = ((study.epochs["trial_id"] == "ft0") & (study.epochs["epoch"] == 2)).astype(int)
+    finetune = study.epochs["schedule"] == "finetune"
+    study.epochs["periods_done"] = study.epochs["period"].where(~finetune, ends_of_finetune)
+    assert report.drift_table(study)[-1] == "| finetune | 2 | 1 |" + " 4.00 |" * 5
 
 
 # ----------------------------------------------------------------------------- verdict and caveats
