@@ -85,10 +85,14 @@ class Study:
             )
         return pd.DataFrame(rows)
 
+    def piece_folder(self, trial_id: str) -> Path:
+        """The study folder a trial ran in: its own piece's when the study was run in pieces."""
+        return Path(self.results.set_index("trial_id").loc[trial_id, "piece"]) if self.pieces else self.folder
+
     def trial_folder(self, trial_id: str) -> Path:
         """A trial's run folder (in its own piece's folder when the study was run in pieces)."""
         row = self.results.set_index("trial_id").loc[trial_id]
-        return Path(row["piece"] if self.pieces else self.folder) / row.get("run_dir", f"trials/{trial_id}")
+        return self.piece_folder(trial_id) / row.get("run_dir", f"trials/{trial_id}")
 
     def retrain_command(self, trial_id: str) -> str:
         """The command that trains a trial again: from its config.yaml, or, where its trials/ folder was
@@ -106,8 +110,7 @@ class Study:
             "train.seed": row[SEED],
         }
         sets = " ".join(f"--set {shlex.quote(f'{key}={_as_typed(value)}')}" for key, value in values.items())
-        space = Path(row["piece"]) if self.pieces else self.folder
-        return f"python -m study.train {space / 'study.yaml'} {sets} --out DIR"
+        return f"python -m study.train {self.piece_folder(trial_id) / 'study.yaml'} {sets} --out DIR"
 
     def best_per_schedule(self) -> pd.DataFrame:
         """Each schedule's best configuration (highest mean best mAP over seeds), best first."""
