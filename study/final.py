@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +29,7 @@ def retrain_final(study: Study, seeds: list[int] | None = None, jobs: int = 1) -
     For example ``retrain_final(load_study("runs/cuhk03_periods"), seeds=[0, 1, 2], jobs=3)``.
     """
     from study.config import config_from_dict
-    from study.search_space import SCHEDULE_KEY, SEED_KEY, parse_search_space
+    from study.search_space import SEED_KEY, parse_search_space
 
     best = study.best_per_schedule().dropna(subset=["mAP_mean"])
     if best.empty:
@@ -39,8 +38,9 @@ def retrain_final(study: Study, seeds: list[int] | None = None, jobs: int = 1) -
     space = parse_search_space(source, study.name)
 
     def configuration(row: pd.Series) -> dict[str, Any]:
-        sampled = {SCHEDULE_KEY: row["schedule"]}
-        return sampled | {k: config_value(row[k]) for k in study.keys if not missing(row[k])}
+        sampled = study.sampled(row["trial_ids"][0])
+        sampled.pop(SEED_KEY)
+        return sampled
 
     chosen = {"best": lambda seed: space.run_config(configuration(best.iloc[0]) | {SEED_KEY: seed})}
     finetune = best[best["schedule"] == "finetune"]
@@ -122,17 +122,3 @@ def _train_in_processes(pending: list[tuple[str, Any, Path]], jobs: int) -> None
                 failures.append(error)
     if failures:
         raise failures[0]
-
-
-def config_value(value: Any) -> Any:
-    """A results.csv value as the type the config wants: whole floats that pandas made of ints become ints."""
-    if hasattr(value, "item"):
-        value = value.item()
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value
-
-
-def missing(value: Any) -> bool:
-    """An empty results.csv cell (None or NaN)."""
-    return value is None or (isinstance(value, float) and math.isnan(value))

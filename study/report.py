@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import dataclasses
 import importlib.util
 import math
 import shlex
@@ -111,6 +112,24 @@ class Study:
         }
         sets = " ".join(f"--set {shlex.quote(f'{key}={_as_typed(value)}')}" for key, value in values.items())
         return f"python -m study.train {self.piece_folder(trial_id) / 'study.yaml'} {sets} --out DIR"
+
+    def sampled(self, trial_id: str) -> dict[str, Any]:
+        """A trial's schedule and searched values, as the sweep's searcher gave them (seed included)."""
+        from study.search_space import SCHEDULE_KEY, SEED_KEY
+
+        row = self.results.set_index("trial_id").loc[trial_id]
+        values = {k: config_value(row[k]) for k in self.keys if not _missing(row[k])}
+        return {SCHEDULE_KEY: row["schedule"], **values, SEED_KEY: int(row[SEED])}
+
+    def trial_configs(self) -> dict[str, Any]:
+        """Each trial's run config (a RunConfig), rebuilt from the study's settings as the sweep built it.
+
+        Raises a UserError when the settings no longer build (e.g. a user's schedule is not importable).
+        """
+        from study.search_space import parse_search_space
+
+        space = parse_search_space({k: v for k, v in self.saved.items() if k != "_name"}, self.name)
+        return {trial_id: space.run_config(self.sampled(trial_id)) for trial_id in self.results["trial_id"]}
 
     def best_per_schedule(self) -> pd.DataFrame:
         """Each schedule's best configuration (highest mean best mAP over seeds), best first."""
@@ -247,6 +266,7 @@ def study_lines(
     lines = [f"{h1} Study {study.name}", "", _overview(study), ""]
     lines += [f"{h2} Verdict", "", *verdict(study), ""]
     lines += [f"{h2} Caveats", "", *caveats(study), ""]
+    lines += [f"{h2} Pairs", "", *pairs_section(study), ""]
     lines += [f"{h2} Schedules", "", *schedules_table(study), ""]
     lines += [f"{h2} Against fine-tuning", "", *against_finetune(study), ""]
     lines += [f"{h2} Best configuration", "", *best_configuration(study), ""]
@@ -335,6 +355,86 @@ def final_per_seed(study: Study, row: pd.Series) -> pd.Series:
 
 
 @dataclass(frozen=True)
+class Pair:
+    """Two trials of one seed, and how far they are shown to be the same computation."""
+
+    schedules: tuple[str, str]
+    seed: int
+    shared: int | None  # leading epochs the same by construction (0: none); None: configs not rebuilt
+    differs_at: int | None  # the first of the shared epochs whose recorded numbers differ
+    environment: list[str]  # the pairing keys that differ (threads, CPU, ...), or ["not recorded"]
+
+    @property
+    def exact(self) -> bool:
+        """Identical numbers through every epoch the two runs share by construction."""
+        return bool(self.shared) and self.differs_at is None
+
+    @property
+    def paired(self) -> bool:
+        if self.shared and self.differs_at is not None:
+            return False
+        return self.exact or not self.environment
+
+    def describe(self) -> str:
+        if self.shared and self.differs_at is not None:
+            differs, shared = self.differs_at, self.shared
+            return f"not paired: numbers differ from epoch {differs} (planned alike through {shared})"
+        if self.exact:
+            return f"exactly paired: identical through epoch {self.shared}"
+        if self.environment == ["not recorded"]:
+            return "unverified: no environment recorded"
+        if self.environment:
+            return "seed-matched, not paired: " + ", ".join(self.environment)
+        return "paired: same seed and environment"
+
+
+def trial_pair(study: Study, a: str, b: str, configs: dict[str, Any] | None) -> Pair:
+    """How trials ``a`` and ``b`` (one seed) pair up; ``configs``: ``Study.trial_configs()`` or None."""
+    from study.pairing import environment_differences, first_difference, shared_epochs
+
+    results = study.results.set_index("trial_id")
+    row_a, row_b = results.loc[a], results.loc[b]
+    shared = shared_epochs(configs[a], configs[b]) if configs else None
+    differs_at = None
+    if shared and not study.epochs.empty:
+        rows = {t: study.epochs[study.epochs["trial_id"] == t].to_dict("records") for t in (a, b)}
+        differs_at = first_difference(rows[a], rows[b], through=shared)
+    return Pair(
+        (row_a["schedule"], row_b["schedule"]),
+        int(row_a[SEED]),
+        shared,
+        differs_at,
+        environment_differences(row_a.to_dict(), row_b.to_dict()),
+    )
+
+
+def rebuilt_configs(study: Study) -> dict[str, Any] | None:
+    """Each trial's run config, or None where the study's settings no longer build (a report still runs)."""
+    try:
+        return study.trial_configs()
+    except (UserError, ValueError, KeyError):
+        return None
+
+
+def seed_trials(study: Study, row: pd.Series) -> dict[int, str]:
+    """The trial of each seed of one configuration (a ``configurations()`` row)."""
+    results = study.results.set_index("trial_id").loc[row["trial_ids"]]
+    return {int(seed): trial_id for trial_id, seed in results[SEED].items()}
+
+
+def pairing_call(pairs: list[Pair]) -> str:
+    """One comparison's pairs in words: exactly paired, paired, unverified, or which seeds are not paired."""
+    if pairs and all(p.exact for p in pairs):
+        return f"exactly paired (identical through epoch {min(p.shared for p in pairs)} on every seed)"
+    if pairs and all(p.paired for p in pairs):
+        return "paired (same seeds, same environment)"
+    if not pairs or all(p.describe().startswith("unverified") for p in pairs):
+        return "pairing unverified: no environment recorded"
+    unpaired = [f"seed {p.seed}: {p.describe().split(': ', 1)[1]}" for p in pairs if not p.paired]
+    return "not exactly paired: " + "; ".join(unpaired)
+
+
+@dataclass(frozen=True)
 class Comparison:
     """One schedule against the baseline: the per-seed differences of the final metric and their 95 % CI."""
 
@@ -342,6 +442,7 @@ class Comparison:
     differences: pd.Series  # by seed, in metric units (not %)
     low: float
     high: float
+    pairs: tuple[Pair, ...] = ()  # the seeds' trial pairs behind the differences
 
     @property
     def seeds(self) -> int:
@@ -382,13 +483,18 @@ def comparisons(study: Study) -> tuple[str | None, list[Comparison]]:
     best = study.best_per_schedule()
     if baseline is None or baseline not in set(best["schedule"]):
         return baseline, []
-    reference = final_per_seed(study, best[best["schedule"] == baseline].iloc[0])
+    reference_row = best[best["schedule"] == baseline].iloc[0]
+    reference, reference_trials = final_per_seed(study, reference_row), seed_trials(study, reference_row)
+    configs = rebuilt_configs(study)
     found = []
     for _, row in best.iterrows():
         if row["schedule"] != baseline:
             compared = paired_comparison(row["schedule"], final_per_seed(study, row), reference)
+            trials = seed_trials(study, row)
+            seeds = compared.differences.index
+            pairs = tuple(trial_pair(study, trials[s], reference_trials[s], configs) for s in seeds)
             if compared.seeds:
-                found.append(compared)
+                found.append(dataclasses.replace(compared, pairs=pairs))
     return baseline, found
 
 
@@ -409,14 +515,46 @@ def verdict(study: Study) -> list[str]:
         gap = c.differences.mean() * 100
         if c.seeds < 2:
             detail = f"{gap:+.2f} points on 1 seed; one seed gives no interval, so no call can be made"
-            lines.append(f"- **{c.schedule}**: {detail}.")
+            lines.append(f"- **{c.schedule}**: {detail}; {pairing_call(list(c.pairs))}.")
             continue
         words = c.call if c.call == "no detectable difference" else f"{c.call} than {baseline}"
         lines.append(
             f"- **{c.schedule}**: {words}: {gap:+.2f} points (95 % CI {c.low * 100:+.2f} to "
-            f"{c.high * 100:+.2f}; {c.seeds} seeds, better on {int((c.differences > 0).sum())})."
+            f"{c.high * 100:+.2f}; {c.seeds} seeds, better on {int((c.differences > 0).sum())}); "
+            f"{pairing_call(list(c.pairs))}."
         )
     return lines
+
+
+def pairs_section(study: Study) -> list[str]:
+    """Every two schedules' best configurations whose runs of one seed share leading epochs by
+    construction (e.g. ``base_cy`` and ``incremental_rollback``: period 1), and whether their numbers do."""
+    configs = rebuilt_configs(study)
+    if configs is None:
+        return ["Not checked: the study's settings no longer build its trials' run configs."]
+    best = list(study.best_per_schedule().iterrows())
+    found = []
+    for i, (_, first) in enumerate(best):
+        for _, second in best[i + 1 :]:
+            trials_a, trials_b = seed_trials(study, first), seed_trials(study, second)
+            for seed in sorted(set(trials_a) & set(trials_b)):
+                pair = trial_pair(study, trials_a[seed], trials_b[seed], configs)
+                if pair.shared:
+                    found.append(pair)
+    if not found:
+        return ["No two schedules' runs share leading epochs by construction."]
+    exact = sum(p.exact for p in found)
+    lines = [
+        f"Runs of one seed whose schedules plan the same first epochs compute the same numbers through them "
+        f"when they ran alike; {exact} of {len(found)} such pairs do.",
+        "",
+    ]
+    header = ["schedules", "seed", "planned alike through epoch", "numbers", "environment"]
+    rows = [
+        [" / ".join(p.schedules), p.seed, p.shared, p.describe(), ", ".join(p.environment) or "same"]
+        for p in found
+    ]
+    return lines + markdown_table(header, rows)
 
 
 def caveats(study: Study) -> list[str]:
@@ -425,8 +563,36 @@ def caveats(study: Study) -> list[str]:
         *_confounded_hyperparameters(study),
         *_not_converged(study),
         *_chance_level(study),
+        *_mixed_environments(study),
     ]
     return found or ["None found."]
+
+
+def _mixed_environments(study: Study) -> list[str]:
+    """Trials that ran with different thread counts, processors or torch builds: their seeds cannot match."""
+    from study.provenance import PAIRING_KEYS
+
+    if "threads" not in study.results or study.results["threads"].isna().all():
+        return [
+            "- No trial recorded its environment (threads, CPU model, torch version): runs of one seed are "
+            "shown paired only where their numbers agree over the epochs they share (see Pairs)."
+        ]
+    found = []
+    for key in PAIRING_KEYS:
+        values = study.results.get(key, pd.Series(dtype=str)).fillna("–").astype(str)
+        if values.nunique() > 1:
+            counts = ", ".join(
+                f"{value} ({n} trials)" for value, n in values.value_counts(sort=False).items()
+            )
+            found.append(f"`{key}` {counts}")
+    if not found:
+        return []
+    return [
+        "- The trials ran in different environments: "
+        + "; ".join(found)
+        + ". Runs of one seed across them compute different numbers; such comparisons are seed-matched, "
+        "not paired (see Pairs). Run all pieces of a study with one `train.threads`, on one kind of machine."
+    ]
 
 
 def _confounded_hyperparameters(study: Study) -> list[str]:
@@ -858,7 +1024,60 @@ def drift_table(study: Study) -> list[str]:
                 for c in columns
             ]
             rows.append([schedule, epoch, n, *cells])
-    return [*lines, "", *markdown_table(["schedule", "epoch", "n", *blocks], rows)]
+    decay_share = decay_share_table(study, curves, blocks, order)
+    table = [*lines, "", *markdown_table(["schedule", "epoch", "n", *blocks], rows)]
+    return table + (["", *decay_share] if decay_share else [])
+
+
+def decay_share_table(study: Study, curves: pd.DataFrame, blocks: list[str], order: list[str]) -> list[str]:
+    """Each block's summed learning rate since it last started from its pre-trained weights, and the
+    drift weight decay alone would give it at that rate.
+
+    SGD's weight decay shrinks every weight by lr · wd / (1 − momentum) per step (with momentum, in
+    steady state), so θ shrinks to exp(−wd / (1 − momentum) · Σ lr) of θ⁰ even where the loss moves
+    nothing: a relative drift of 1 − exp(...) that says nothing about what the block learnt. Steps per
+    epoch are the images an epoch trained (seconds × images per second) over the batch size; frozen
+    epochs count no rate, a reset (rollback) starts the sum again.
+    """
+    train = study.saved.get("train") or {}
+    decay, momentum, batch = (
+        train.get("weight_decay", 5e-4),
+        train.get("momentum", 0.9),
+        train.get("batch_size"),
+    )
+    configs = rebuilt_configs(study)
+    if not decay or not batch or configs is None or not {"seconds", "images_per_second"} <= set(curves):
+        return []
+    rows = []
+    for schedule in order:
+        runs = curves[curves["schedule"] == schedule]
+        summed = {block: [] for block in blocks}
+        for trial_id, trial in runs.groupby("trial_id"):
+            plan = configs[trial_id].built_schedule.plan()
+            steps = dict(
+                zip(trial["epoch"], trial["seconds"] * trial["images_per_second"] / batch, strict=True)
+            )
+            for block in blocks:
+                start = max((step.epoch for step in plan if block in step.resets), default=1)
+                rates = [(step.epoch, step.lr[block]) for step in plan if step.epoch >= start]
+                training = [(e, lr) for e, lr in rates if e in steps and block not in plan[e - 1].frozen]
+                summed[block].append(
+                    (sum(lr for _, lr in training), sum(lr * steps[e] for e, lr in training))
+                )
+        cells = []
+        for block in blocks:
+            epochs = float(np.mean([e for e, _ in summed[block]]))
+            shrink = 1 - math.exp(-decay / (1 - momentum) * float(np.mean([s for _, s in summed[block]])))
+            cells.append(f"{epochs:.3g} / {shrink * 100:.1f}")
+        rows.append([schedule, int(runs["epoch"].max()), *cells])
+    return [
+        "Each block's summed learning rate (Σ lr · epochs since its last rollback, frozen epochs left out) / "
+        f"the distance in % that weight decay alone gives at that rate, 1 − exp(−wd / (1 − momentum) · Σ lr "
+        f"· steps) with wd {decay:g} and momentum {momentum:g}: a distance near it needs no learning, and "
+        "does not show that the block left its pre-trained function.",
+        "",
+        *markdown_table(["schedule", "last epoch", *blocks], rows),
+    ]
 
 
 def boundary_gradient_table(study: Study) -> list[str]:
@@ -1074,6 +1293,15 @@ def _counts(statuses: pd.Series) -> str:
 
 def _missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def config_value(value: Any) -> Any:
+    """A results.csv value as the type the config wants: whole floats that pandas made of ints become ints."""
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
 
 
 def _as_typed(value: Any) -> str:

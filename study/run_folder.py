@@ -19,6 +19,7 @@ import torch
 
 from study.errors import UserError
 from study.files import atomic_torch_save
+from study.provenance import environment_of
 
 CONFIG, METRICS, SUMMARY, CHECKPOINTS = "config.yaml", "metrics.csv", "summary.json", "checkpoints"
 
@@ -96,7 +97,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def summary_of(history: list[dict[str, Any]], prefix: str) -> dict[str, Any]:
-    """Epochs, best and final ``{prefix}_mAP`` and rank-1, final loss, seconds and peak GPU memory.
+    """Epochs, best and final ``{prefix}_mAP`` and rank-1, final loss, seconds, peak GPU memory, environment.
 
     >>> rows = [{"epoch": 1, "loss": 2.0, "seconds": 3.0}, {"epoch": 2, "loss": 1.0, "seconds": 3.0,
     ...          "val_mAP": 0.5, "val_rank1": 0.4}]
@@ -117,4 +118,5 @@ def summary_of(history: list[dict[str, Any]], prefix: str) -> dict[str, Any]:
         "final_loss": history[-1]["loss"] if history else None,
         "train_seconds": sum(r.get("seconds", 0.0) for r in history),
         "peak_gpu_mib": max((r["peak_gpu_mib"] for r in history if r.get("peak_gpu_mib")), default=None),
+        **environment_of(history),
     }

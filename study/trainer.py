@@ -37,6 +37,8 @@ from study.files import (
 )
 from study.losses import ReIDLoss
 from study.models import ReIDNet, build_model, group_state, snapshot
+from study.pairing import evaluation_due
+from study.provenance import run_environment
 from study.regularizers import make_regularizers
 
 EpochCallback = Callable[[dict[str, Any], Path | None], None]
@@ -110,6 +112,7 @@ def train_run(
         augment=Augment(pad_crop=config.data.pad_crop, random_erasing=config.data.random_erasing),
     )
     autocast = autocast_context(device, autocast_dtype(device, config.train.precision, config.model.backbone))
+    environment = run_environment(device)  # what besides the config decides the bits of each epoch
 
     while (step := next_epoch(plan, history)) is not None:
         if step.first_in_period:
@@ -128,10 +131,11 @@ def train_run(
             atomic_write_json(out_dir / run_folder.SUMMARY, summarize(history, config, status="diverged"))
             raise
         record |= block_drift(model, initial)
-        if _evaluation_due(step, config, len(plan)):
+        if evaluation_due(step, config.train.eval_every, len(plan)):
             record |= evaluate_model(regularizers.evaluated(model), data, config, device)
         step = settle(step, [*history, record])  # a period that may end early ends here on a plateau
         record["period_end"] = int(step.last_in_period)
+        record |= environment
         history.append(record)
         atomic_write_csv(out_dir / run_folder.METRICS, history)
         if config.train.progress:
@@ -402,13 +406,6 @@ def evaluate_model(
     )
     prefix = config.data.evaluate_on
     return {f"{prefix}_{k}": metrics[k] for k in ("mAP", "rank1", "rank5", "rank10", "mINP")}
-
-
-def _evaluation_due(step: EpochPlan, config: RunConfig, total: int) -> bool:
-    # A period that may end early (on a plateau) is validated after every epoch: it may be its last.
-    every = config.train.eval_every
-    ends = step.last_in_period or step.until is not None or step.epoch == total
-    return ends or (every > 0 and step.epoch % every == 0)
 
 
 def _check_plateaus(plan: list[EpochPlan], config: RunConfig) -> None:

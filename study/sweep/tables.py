@@ -10,6 +10,7 @@ from ray.tune import Callback
 
 from study import run_folder
 from study.files import atomic_write_csv
+from study.provenance import ENVIRONMENT_KEYS
 from study.search_space import (
     SCHEDULE_KEY,
     SEED_KEY,
@@ -112,7 +113,8 @@ def write_tables(
         schedule = sampled.get(SCHEDULE_KEY, space.schedules[0])
         rows = [epochs.get(trial_id, {})[e] for e in sorted(epochs.get(trial_id, {}))]
         who = {"trial_id": trial_id, "schedule": schedule, "seed": sampled[SEED_KEY]}
-        all_epochs += [{**who, **row} for row in rows]
+        # the environment is a trial's, in results.csv; epochs.csv keeps the numbers
+        all_epochs += [{**who, **{k: v for k, v in row.items() if k not in ENVIRONMENT_KEYS}} for row in rows]
         status = trial_status(statuses.get(trial_id, "PENDING"), rows)
         results.append(
             {

@@ -532,7 +532,7 @@ def test_the_verdict_comes_first_with_its_interval_and_the_caveats_say_what_was_
     # sd 0.1768, t(0.975, 1) = 12.706 -> 22.50 ± 158.82 points
     assert (
         "- **incremental_rollback**: no detectable difference: +22.50 points (95 % CI -136.33 to +181.33; "
-        "2 seeds, better on 2)." in text
+        "2 seeds, better on 2); pairing unverified: no environment recorded." in text
     )
     # the best configurations differ in lr (finetune 0.01, rollback 0.02): confounded with the schedule
     assert "- The schedules were compared at different hyperparameters: `schedule.lr` (" in text

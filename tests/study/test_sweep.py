@@ -515,6 +515,8 @@ def test_results_csv_has_one_row_per_trial_with_statuses(study_dir):
         assert row["status"] in ("finished", "stopped")  # ASHA may stop the worse seed after period 1
         assert row["schedule.epochs"] == "" and 0 <= float(row["best_val_mAP"]) <= 1
     assert any(r["status"] == "finished" and r["epochs"] == "2" for r in by_schedule["keep_B1"])
+    for row in by_schedule["keep_B1"]:  # one CPU per trial: Ray gives each worker one torch thread
+        assert row["threads"] == "1" and row["cpu_model"] and row["torch_version"] == str(torch.__version__)
     for row in by_schedule["keep_B1"]:  # the variant's label in the tables, its schedule in the run
         config = yaml.safe_load((out / "trials" / row["trial_id"] / "config.yaml").read_text())
         assert config["schedule"]["name"] == "block_order" and config["schedule"]["retained"] == [[], ["B1"]]
@@ -538,6 +540,7 @@ def test_epochs_csv_has_one_row_per_trial_and_epoch(study_dir):
     assert {"lr_B1", "lr_B5", "lr_head", "grad_norm_B3", "grad_norm_head", "loss", "val_rank1"} <= set(
         epochs[0]
     )
+    assert "threads" not in epochs[0] and "cpu_model" not in epochs[0]  # a trial's, in results.csv
 
 
 def test_optuna_db_holds_one_trial_per_configuration(study_dir):
