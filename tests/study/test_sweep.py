@@ -5,8 +5,10 @@ from __future__ import annotations
 import copy
 import csv
 import json
+import logging
 import math
 import os
+import shlex
 import shutil
 import sqlite3
 import tempfile
@@ -622,3 +624,42 @@ def test_resume_of_a_finished_study_keeps_its_results(study_dir):
     assert [(r["trial_id"], r["status"], r["epochs"]) for r in after] == [
         (r["trial_id"], r["status"], r["epochs"]) for r in before
     ]
+
+
+def test_the_resume_hint_of_an_interrupted_study_continues_it(tmp_path, tiny_base, monkeypatch, capsys):
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump({**tiny_base(), **copy.deepcopy(VALID), "wandb": {"mode": "disabled"}}))
+    out = tmp_path / "study"
+    statuses = iter([["finished", "interrupted"], ["finished"] * 4])
+
+    def run_study(space, out, address, restore, mode):
+        marker = yaml.safe_dump({"_name": space.name, **space.source})
+        (out / "study.yaml").write_text(marker)  # as the Tuner's start does
+        return next(statuses)
+
+    monkeypatch.setattr(sweep_tuner, "run_study", run_study)
+    sets = ["tune.num_samples=2", "search.seeds=[0, 1]"]
+    with pytest.raises(SystemExit) as exit_info:
+        sweep_cli.main([str(path), "--out", str(out), *[w for s in sets for w in ("--set", s)]])
+    assert exit_info.value.code == 130
+    hint = capsys.readouterr().out.splitlines()[-1]
+    assert hint.startswith("interrupted; continue with: python -m study.sweep ")
+    words = shlex.split(hint.split(": ", 1)[1])
+    options = ["--set", sets[0], "--set", sets[1], "--resume"]
+    assert words[3:] == [str(path), "--out", str(out.resolve()), *options]
+    sweep_cli.main(words[3:])  # the same study: not "holds a different study"
+    assert "4 trials: 4 finished" in capsys.readouterr().out
+
+
+def test_rays_own_restore_hint_is_dropped_and_its_other_warnings_kept(caplog):
+    from study.sweep import ray_private
+
+    ray_private.quiet_restore_hint()
+    tune_logger = logging.getLogger(ray_private.TUNE_LOGGER)
+    with caplog.at_level(logging.WARNING, logger=ray_private.TUNE_LOGGER):
+        tune_logger.warning(
+            "Experiment has been interrupted, but the most recent state was saved.\n"
+            'Resume experiment with: Tuner.restore(path="/x/tune", trainable=...)'
+        )
+        tune_logger.warning("Trials did not complete: [t1]")
+    assert [r.getMessage() for r in caplog.records] == ["Trials did not complete: [t1]"]
