@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import re
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from schedules import GROUPS
+from schedules import GROUPS, Period, StepDecay
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -162,3 +163,13 @@ def test_switching_the_schedule_drops_the_files_parameters_the_new_one_lacks():
         "schedule.periods=2",
     )
     assert result.returncode == 2 and "schedule 'finetune' has no parameter 'periods'" in result.stderr
+
+
+def test_readme_gives_periods_keywords_and_default_decay():
+    readme = (ROOT / "README.md").read_text()
+    signature = re.search(r"<!-- period-keywords -->\n`Period\((.*?)\)`", readme)
+    assert signature, "README lost Period's keywords"
+    documented = [part.split("=")[0].strip() for part in signature.group(1).split(", ")]
+    assert documented == [field.name for field in dataclasses.fields(Period)]
+    assert Period.__dataclass_fields__["decay"].default == StepDecay(every=20, gamma=0.1)
+    assert "multiplies the rates by 0.1 every 20 epochs of the period" in readme
