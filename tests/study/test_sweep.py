@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import os
+import runpy
 import shlex
 import shutil
 import sqlite3
@@ -491,6 +492,7 @@ def _csv(path):
         return list(csv.DictReader(file))
 
 
+@pytest.mark.slow
 def test_results_csv_has_one_row_per_trial_with_statuses(study_dir):
     out, _ = study_dir
     rows = _csv(out / "results.csv")
@@ -522,6 +524,7 @@ def test_results_csv_has_one_row_per_trial_with_statuses(study_dir):
         assert config["schedule"]["name"] == "block_order" and config["schedule"]["retained"] == [[], ["B1"]]
 
 
+@pytest.mark.slow
 def test_epochs_csv_has_one_row_per_trial_and_epoch(study_dir):
     out, _ = study_dir
     results = {r["trial_id"]: r for r in _csv(out / "results.csv")}
@@ -542,6 +545,7 @@ def test_epochs_csv_has_one_row_per_trial_and_epoch(study_dir):
     )
 
 
+@pytest.mark.slow
 def test_optuna_db_holds_one_trial_per_configuration(study_dir):
     out, _ = study_dir
     with sqlite3.connect(out / "optuna.db") as db:
@@ -558,6 +562,7 @@ def test_optuna_db_holds_one_trial_per_configuration(study_dir):
     assert sorted(value for value, _ in names) == [0.0, 1.0]  # category indices: both schedules
 
 
+@pytest.mark.slow
 def test_wandb_offline_runs_hold_each_trials_config(study_dir):
     out, _ = study_dir
     results = _csv(out / "results.csv")
@@ -578,6 +583,7 @@ def test_wandb_offline_runs_hold_each_trials_config(study_dir):
         assert b"__trial_index__" not in log
 
 
+@pytest.mark.slow
 def test_each_trial_keeps_its_last_checkpoint_once_in_tunes_folder(study_dir):
     out, _ = study_dir
     for row in _csv(out / "results.csv"):
@@ -593,6 +599,7 @@ def test_each_trial_keeps_its_last_checkpoint_once_in_tunes_folder(study_dir):
             assert json.loads((folder / "summary.json").read_text())["status"] == "diverged"
 
 
+@pytest.mark.slow
 def test_same_folder_again_is_refused_without_resume(study_dir, capsys):
     out, space = study_dir
     with pytest.raises(SystemExit) as exit_info:
@@ -601,6 +608,7 @@ def test_same_folder_again_is_refused_without_resume(study_dir, capsys):
     assert "already holds the study 'tiny'; pass --resume" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_report_on_the_study(study_dir):
     from study import report
 
@@ -616,6 +624,7 @@ def test_report_on_the_study(study_dir):
         assert f"plots/{name}" in text
 
 
+@pytest.mark.slow
 def test_resume_of_a_finished_study_keeps_its_results(study_dir):
     out, space = study_dir
     before = _csv(out / "results.csv")
@@ -663,3 +672,11 @@ def test_rays_own_restore_hint_is_dropped_and_its_other_warnings_kept(caplog):
         )
         tune_logger.warning("Trials did not complete: [t1]")
     assert [r.getMessage() for r in caplog.records] == ["Trials did not complete: [t1]"]
+
+
+def test_python_dash_m_study_sweep_runs_the_cli(monkeypatch, capsys):
+    monkeypatch.setattr("sys.argv", ["python -m study.sweep", "--help"])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_module("study.sweep", run_name="__main__", alter_sys=True)
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.startswith("usage: python -m study.sweep [-h] [--out OUT]")
