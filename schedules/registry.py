@@ -1,4 +1,5 @@
-"""Schedules by name: built-ins register where they are defined; users name ``my_pkg.my_module:MyClass``."""
+"""Schedules by name: built-ins register where they are defined; users name ``my_pkg.my_module:MyClass``
+(or ``my_pkg.my_module:my_name`` for a name that module registers)."""
 
 from __future__ import annotations
 
@@ -42,12 +43,16 @@ def registered() -> dict[str, type[Schedule]]:
 
 
 def schedule_class(name: str) -> type[Schedule]:
-    """The class for a registered name or a ``module.path:ClassName`` reference."""
+    """The class for a registered name, a ``module.path:ClassName`` reference, or ``module.path:name``
+    for a name that module registers (importing it is what registers the name)."""
     if ":" in name:
         return _import_class(name)
     if name not in _SCHEDULES:
         valid = sorted(_SCHEDULES)
-        raise ScheduleError(f"unknown schedule {name!r}{closest(name, valid)}; valid: {', '.join(valid)}")
+        raise ScheduleError(
+            f"unknown schedule {name!r}{closest(name, valid)}; valid: {', '.join(valid)}"
+            " (a schedule of your own module: module:Class, or module:name for the name it registers)"
+        )
     return _SCHEDULES[name]
 
 
@@ -86,8 +91,11 @@ def _import_class(reference: str) -> type[Schedule]:
             "is it on PYTHONPATH?"
         ) from None
     cls = getattr(module, class_name, None)
+    registered_here = _SCHEDULES.get(class_name)
+    if cls is None and registered_here is not None and registered_here.__module__ == module.__name__:
+        cls = registered_here  # module:name, a name the module's @register gave
     if cls is None:
-        raise ScheduleError(f"module {module_name!r} has no class {class_name!r}")
+        raise ScheduleError(f"module {module_name!r} has no class or registered schedule {class_name!r}")
     if not (isinstance(cls, type) and issubclass(cls, Schedule) and dataclasses.is_dataclass(cls)):
         raise ScheduleError(f"{reference} must be a dataclass subclass of schedules.Schedule")
     return cls

@@ -2,6 +2,7 @@
 
 python -m study.evaluate runs/x/checkpoints/epoch-0040.pt --data ../shared/data/cuhk03
 python -m study.evaluate CKPT --data ROOT --rerank --show 0,5,9 --show-out ranks.png
+python -m study.evaluate CKPT --data synthetic   # the test split of the checkpoint's synthetic data set
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from torch import nn
 
 from study import run_folder
 from study.config import RunConfig, config_from_dict
-from study.data import ImageSet, Sample, decode_images, normalize, read_dataset
+from study.data import ImageSet, Sample, data_root, decode_images, normalize, read_dataset
 from study.devices import autocast_dtype, uses_channels_last
 from study.errors import UserError, cli, description, unknown
 from study.files import atomic_write_bytes, check_output_file
@@ -256,7 +257,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The evaluation command line (see the module docstring)."""
     parser = argparse.ArgumentParser(prog="python -m study.evaluate", description=description(__doc__))
     parser.add_argument("checkpoint", help="a checkpoint written by training (checkpoints/epoch-NNNN.pt)")
-    parser.add_argument("--data", required=True, help="data set root (query and gallery are evaluated)")
+    parser.add_argument(
+        "--data",
+        required=True,
+        help="data set root (query and gallery are evaluated), or synthetic: the checkpoint's synthetic set",
+    )
     parser.add_argument("--format", default="auto", help="data set format (default: auto)")
     parser.add_argument(
         "--rerank", action="store_true", help="k-reciprocal re-ranking (k1=20, k2=6, lambda=0.3)"
@@ -289,7 +294,7 @@ def main(argv: list[str] | None = None) -> None:
     if uses_channels_last(device, config.train.channels_last):
         model.to(memory_format=torch.channels_last)
 
-    dataset = read_dataset(args.data, args.format)
+    dataset = read_dataset(_evaluated_root(args.data, config), args.format)
     show = _parse_show(args.show, len(dataset.query))
     print(
         f"decoding {len(dataset.query)} query and {len(dataset.gallery)} gallery images at "
@@ -321,6 +326,13 @@ def main(argv: list[str] | None = None) -> None:
         )
         atomic_write_bytes(args.show_out, picture.getvalue())
         print(f"ranked lists of queries {','.join(map(str, show))} written to {args.show_out}")
+
+
+def _evaluated_root(data: str, config: RunConfig) -> Path:
+    if data != "synthetic":
+        return Path(data)
+    # The synthetic set the checkpoint's config names (its size and seed), generated as training does.
+    return data_root(dataclasses.replace(config.data, root="synthetic"))
 
 
 def _resolve_device(name: str | None) -> torch.device:

@@ -80,18 +80,23 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {str(path)!r} does not exist or is not a file")
+    expected = "pass a checkpoint training wrote, e.g. RUN/checkpoints/epoch-0040.pt"
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        detail = (str(error).strip().splitlines() or [""])[0]
-        raise UserError(f"cannot read checkpoint {str(path)!r}: {type(error).__name__}: {detail}") from None
+        # torch's own message misleads here (pickle internals, or advice to load with weights_only=False).
+        raise UserError(
+            f"{str(path)!r} is not a training checkpoint (torch.load fails: {type(error).__name__});"
+            f" {expected}"
+        ) from None
     if not (
         isinstance(checkpoint, dict)
         and isinstance(checkpoint.get("config"), dict)
         and isinstance(checkpoint.get("model"), dict)
     ):
         raise UserError(
-            f"{str(path)!r} is not a training checkpoint: expected a dict with 'config' and 'model'"
+            f"{str(path)!r} is not a training checkpoint: expected a dict with 'config' and 'model';"
+            f" {expected}"
         )
     return checkpoint
 

@@ -38,6 +38,7 @@ __all__ = [
     "ReIDData",
     "ReIDDataset",
     "Sample",
+    "data_root",
     "decode_images",
     "identity_batches",
     "load_data",
@@ -86,7 +87,7 @@ def split_samples(config: DataConfig) -> tuple[list[Sample], list[Sample], list[
     Generates the synthetic data set on first use; every layout and split error surfaces here,
     which lets a sweep check its data before starting any trial.
     """
-    dataset = read_dataset(_resolve_root(config), config.format)
+    dataset = read_dataset(data_root(config), config.format)
     if config.evaluate_on == "val":
         held_out = validation_identities(config.val_identities, dataset.train)
         return validation_split(dataset.train, held_out, config.split_seed)
@@ -101,7 +102,7 @@ def validation_identities(value: float, train: list[Sample]) -> int:
     return max(1, round(value * len({s.pid for s in train})))
 
 
-def _resolve_root(config: DataConfig) -> Path:
+def data_root(config: DataConfig) -> Path:
     """The data set folder, generating the synthetic set on first use."""
     # Imported here so that `python -m study.data.synthesize` does not find its module pre-imported.
     from study.data.synthesize import synthesize, synthetic_name

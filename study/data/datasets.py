@@ -72,9 +72,12 @@ def read_dataset(root: str | Path, format: str = "auto") -> ReIDDataset:
     ``format`` is one of FORMATS or "auto" (a .csv file is a manifest, a folder with
     list_train.txt is MSMT17, anything else must be in the Market-1501 folder layout).
 
-    >>> data = read_dataset("../shared/data/cuhk03")
-    >>> data.name, len(data.train)
-    ('market', 7365)
+    >>> import tempfile
+    >>> from study.data.synthesize import synthesize
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     data = read_dataset(synthesize(Path(folder) / "tiny", identities=4, cameras=2))
+    >>> data.name, len(data.train), len(data.query), len(data.gallery)
+    ('market', 13, 4, 14)
     """
     root = Path(root)
     if not root.exists():

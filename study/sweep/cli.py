@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import shlex
 from pathlib import Path
 
 from study.config import config_from_dict, set_dotted
@@ -70,11 +71,23 @@ def main(argv: list[str] | None = None) -> None:
     print(summary_line(statuses))
     print(f"wrote {out}/results.csv and {out}/epochs.csv; next: python -m study.report {out}")
     if "interrupted" in statuses or len(statuses) < space.num_trials:
-        print(f"interrupted; continue with: python -m study.sweep {args.search_space} --out {out} --resume")
+        print(f"interrupted; continue with: {resume_command(args.search_space, out, args.set, args.address)}")
         raise SystemExit(130)
     if "error" in statuses:  # a bug or a lost machine, not a bad configuration: diverged trials are results
         print(f"{statuses.count('error')} trial(s) failed; their errors are in {out}/tune/*/error.txt")
         raise SystemExit(1)
+
+
+def resume_command(search_space: str, out: Path, sets: list[str], address: str | None = None) -> str:
+    """The command that continues a study: the same search space and ``--set`` options, with ``--resume``.
+
+    >>> resume_command("demo.yaml", Path("runs/demo"), ["search.seeds=[0, 1]"])
+    "python -m study.sweep demo.yaml --out runs/demo --set 'search.seeds=[0, 1]' --resume"
+    """
+    words = ["python", "-m", "study.sweep", search_space, "--out", str(out)]
+    words += [word for value in sets for word in ("--set", value)]
+    words += ["--address", address] if address else []
+    return shlex.join([*words, "--resume"])
 
 
 def describe(space: SearchSpace) -> str:

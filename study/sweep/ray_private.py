@@ -13,6 +13,8 @@ import logging
 CHECKPOINT_LOGGER = "ray.train._internal.storage"
 # Logs a notice on every local start about token authentication, which stays on.
 TOKEN_NOTICE_LOGGER = "ray._private.authentication.authentication_token_setup"
+# Logs "Resume experiment with: Tuner.restore(...)" on Ctrl-C; the sweep prints its own command instead.
+TUNE_LOGGER = "ray.tune.tune"
 
 
 def quiet_checkpoint_lines() -> None:
@@ -21,6 +23,14 @@ def quiet_checkpoint_lines() -> None:
 
 def quiet_token_notice() -> None:
     logging.getLogger(TOKEN_NOTICE_LOGGER).setLevel(logging.ERROR)
+
+
+def _not_a_restore_hint(record: logging.LogRecord) -> bool:
+    return "Resume experiment with: Tuner.restore(" not in record.getMessage()
+
+
+def quiet_restore_hint() -> None:
+    logging.getLogger(TUNE_LOGGER).addFilter(_not_a_restore_hint)
 
 
 def local_cluster_address() -> str | None:

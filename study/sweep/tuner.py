@@ -18,7 +18,7 @@ from study.search_space import (
     SearchSpace,
 )
 from study.sweep.preflight import EXPERIMENT, check_resources
-from study.sweep.ray_private import quiet_token_notice
+from study.sweep.ray_private import quiet_restore_hint, quiet_token_notice
 from study.sweep.searcher import make_searcher
 from study.sweep.tables import StudyRecorder
 from study.sweep.trial import CheckpointKeptOnce, TrialContext, run_trial
@@ -43,6 +43,7 @@ def run_study(space: SearchSpace, out: Path, address: str | None, restore: bool,
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the CLIReporter table instead of Ray's new output
         # Keeping one checkpoint per trial snapshots the experiment at every period end; that is intended.
         os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+        quiet_restore_hint()  # the sweep prints the command that resumes it, with its --set options
         tuner.fit()
     finally:
         if started:

@@ -61,6 +61,7 @@ def test_errors_are_one_line_with_exit_status_2(market_tree, simple_names, tmp_p
     assert "query identity 5" in errors([str(root)], capsys)
 
 
+@pytest.mark.slow
 def test_module_entry_point(market_tree, simple_names, tmp_path):
     run = subprocess.run(
         [sys.executable, "-m", "study.data", str(tmp_path / "missing")],

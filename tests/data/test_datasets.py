@@ -198,3 +198,16 @@ def test_query_identity_without_gallery_image_is_named():
     with pytest.raises(UserError, match=r"query identity 9 \(e.g. q2.jpg\) has no gallery image"):
         check_query_gallery(query, gallery)
     check_query_gallery(query[:1], gallery)
+
+
+def test_no_example_run_as_a_test_reads_a_data_set_beside_the_clone():
+    # The README's test command must pass in a clone with nothing beside it (no ../shared/data).
+    root = Path(__file__).resolve().parents[2]
+    examples = [
+        f"{path.relative_to(root)}:{number}"
+        for folder in ("study", "schedules", "tests")
+        for path in (root / folder).rglob("*.py")
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if line.lstrip().startswith((">>>", "... ")) and "../" in line
+    ]
+    assert examples == []

@@ -15,6 +15,7 @@ from schedules import (
     build_schedule,
     register,
     registered,
+    registry,
     uniform_lr,
 )
 
@@ -83,11 +84,38 @@ def test_plug_in_schedule_by_module_path(tmp_path, monkeypatch):
     sys.modules.pop("my_schedules", None)
 
 
+def test_a_name_a_users_module_registers_is_found_as_module_colon_name(tmp_path, monkeypatch):
+    (tmp_path / "my_registered.py").write_text(
+        textwrap.dedent(
+            """
+            from dataclasses import dataclass
+            from schedules import Period, Schedule, register, uniform_lr
+
+            @register("three_flat")
+            @dataclass(frozen=True)
+            class ThreeFlat(Schedule):
+                def build(self):
+                    return [Period(3, uniform_lr(0.01, head=0.1))]
+            """
+        )
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(registry, "_SCHEDULES", dict(registry._SCHEDULES))  # leave no user name behind
+    monkeypatch.delitem(sys.modules, "my_registered", raising=False)
+    with pytest.raises(ScheduleError, match=r"\(a schedule of your own module: module:Class, or module:name"):
+        build_schedule({"name": "three_flat"})  # its module is not imported: the name is unknown
+    assert build_schedule({"name": "my_registered:three_flat"}).total_epochs == 3
+    assert build_schedule({"name": "three_flat"}).total_epochs == 3  # now imported, the name alone works
+    with pytest.raises(ScheduleError, match="has no class or registered schedule 'incremental_rollback'"):
+        build_schedule({"name": "my_registered:incremental_rollback"})  # registered, but not by that module
+    sys.modules.pop("my_registered", None)
+
+
 @pytest.mark.parametrize(
     "name, message",
     [
         ("no_such_module_xyz:Thing", "cannot import schedule module 'no_such_module_xyz'"),
-        ("schedules.paper:Nothing", "has no class 'Nothing'"),
+        ("schedules.paper:Nothing", "has no class or registered schedule 'Nothing'"),
         ("schedules.core:Period", "must be a dataclass subclass of schedules.Schedule"),
     ],
 )

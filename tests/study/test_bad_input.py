@@ -60,11 +60,13 @@ def test_unknown_section_suggests_the_closest(tmp_path):
     assert_user_error(result, "unknown config section 'schedul' (did you mean 'schedule'?)", tmp_path / "run")
 
 
+@pytest.mark.slow
 def test_custom_schedule_that_does_not_import(config_file, tmp_path):
     result = train(config_file, tmp_path / "run", "schedule.name=not_a_module_x:Mine")
     assert_user_error(result, "cannot import schedule module 'not_a_module_x'", tmp_path / "run")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "override, message",
     [
@@ -82,12 +84,14 @@ def test_bad_data_and_device(config_file, tmp_path, override, message):
     assert_user_error(result, message, tmp_path / "run")
 
 
+@pytest.mark.slow
 def test_wrong_layout_names_the_missing_folders(config_file, tmp_path):
     (tmp_path / "data" / "images").mkdir(parents=True)
     result = train(config_file, tmp_path / "run", f"data.root={tmp_path / 'data'}")
     assert_user_error(result, "is not in the Market-1501 layout", tmp_path / "run")
 
 
+@pytest.mark.slow
 def test_weights_file_that_does_not_fit_the_backbone(config_file, tmp_path):
     weights = tmp_path / "resnet18.pth"
     torch.save(torchvision.models.resnet18().state_dict(), weights)
@@ -121,6 +125,7 @@ def test_a_local_weights_file_is_loaded_exactly(tmp_path):
     assert torch.equal(model.blocks["B1"][1].running_var, source.bn1.running_var)
 
 
+@pytest.mark.slow
 def test_bad_input_leaves_an_existing_run_untouched(config_file, tmp_path, tiny_config):
     out = tmp_path / "run"
     out.mkdir()
@@ -169,6 +174,7 @@ BAD_FOLDERS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", BAD_FOLDERS)
 def test_train_out_that_cannot_be_a_folder_is_refused_before_the_data_loads(config_file, tmp_path, case):
     make, message = BAD_FOLDERS[case]
@@ -204,6 +210,7 @@ def sweep(space: Path, out: Path, *args: str) -> subprocess.CompletedProcess:
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", BAD_FOLDERS)
 def test_sweep_out_that_cannot_be_a_folder_is_refused(space_file, tmp_path, case):
     make, message = BAD_FOLDERS[case]
@@ -219,6 +226,7 @@ BAD_FILES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", BAD_FILES)
 def test_evaluate_show_out_is_checked_before_the_checkpoint_loads(tmp_path, case):
     make, message = BAD_FILES[case]
@@ -229,6 +237,7 @@ def test_evaluate_show_out_is_checked_before_the_checkpoint_loads(tmp_path, case
     assert_nothing_created(tmp_path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["ranks", "ranks.txt", "ranks.pdf"])
 def test_evaluate_show_out_needs_an_image_extension(tmp_path, name):
     picture = tmp_path / name
@@ -441,6 +450,7 @@ def test_a_manifest_may_list_an_image_in_query_and_gallery_and_start_with_a_bom(
     assert [s.pid for s in data.query] == [2] and [s.pid for s in data.gallery] == [2]
 
 
+@pytest.mark.slow
 def test_a_bad_manifest_is_one_line_from_the_cli(config_file, tmp_path):
     manifest = tmp_path / "set.csv"
     manifest.write_bytes(HEADER + b"a.jpg,1,1,train\na.jpg,2,1,train\n")
@@ -453,6 +463,7 @@ def test_a_bad_manifest_is_one_line_from_the_cli(config_file, tmp_path):
 # ----------------------------------------------------------------------------- Ray
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "address, message",
     [
@@ -466,6 +477,7 @@ def test_sweep_address_that_is_not_one(space_file, tmp_path, address, message):
     assert_user_error(result, message, tmp_path / "study")
 
 
+@pytest.mark.slow
 def test_sweep_address_where_nothing_listens_is_refused_at_once(space_file, tmp_path):
     import socket
 
@@ -510,6 +522,7 @@ def test_address_auto_without_a_cluster_is_one_line(monkeypatch):
     sweep_preflight.check_address(None)
 
 
+@pytest.mark.slow
 def test_resources_this_machine_lacks_are_refused_before_ray_starts(space_file, tmp_path):
     result = sweep(space_file, tmp_path / "study", "--set", f"tune.resources.cpu={(os.cpu_count() or 1) + 1}")
     assert_user_error(result, "per trial, but this Ray machine has", tmp_path / "study")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import re
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from schedules import GROUPS
+from schedules import GROUPS, Period, StepDecay
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -34,6 +35,7 @@ def write_config(tmp_path: Path, tiny_config, schedule: dict) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_plan_csv_has_one_row_per_epoch_and_group(tmp_path, tiny_config):
     config = write_config(tmp_path, tiny_config, {"name": "incremental_rollback"})
     result = run(
@@ -52,6 +54,7 @@ def test_plan_csv_has_one_row_per_epoch_and_group(tmp_path, tiny_config):
     assert {r["frozen"] for r in rows} == {"0"}
 
 
+@pytest.mark.slow
 def test_plan_marks_frozen_groups(tmp_path, tiny_config):
     config = write_config(tmp_path, tiny_config, {"name": "fc_warmup", "warmup_epochs": 1, "epochs": 1})
     result = run("study.plan", str(config), "--csv", str(tmp_path / "p.csv"))
@@ -81,6 +84,7 @@ def test_plan_says_which_boundaries_are_conditional_and_shows_the_maximum_plan()
     assert "may end" not in format_plan(build_schedule({"name": "incremental_rollback"}))
 
 
+@pytest.mark.slow
 def test_plan_names_the_regularizers_that_are_on(tmp_path, tiny_config):
     config = write_config(tmp_path, tiny_config, {"name": "finetune", "epochs": 1})
     result = run("study.plan", str(config))
@@ -94,6 +98,7 @@ def test_plan_names_the_regularizers_that_are_on(tmp_path, tiny_config):
     ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "overrides, message",
     [
@@ -120,6 +125,7 @@ def test_bad_input_gives_one_line_and_exit_status_2(tmp_path, tiny_config, overr
     assert not (tmp_path / "run" / "metrics.csv").exists()
 
 
+@pytest.mark.slow
 def test_unreadable_weights_file_is_a_user_error(tmp_path, tiny_config):
     bad = tmp_path / "weights.pth"
     bad.write_bytes(b"not a checkpoint")
@@ -128,6 +134,7 @@ def test_unreadable_weights_file_is_a_user_error(tmp_path, tiny_config):
     assert result.returncode == 2 and "cannot read weights file" in result.stderr
 
 
+@pytest.mark.slow
 def test_readme_plugin_example_runs_through_study_train(tmp_path, tiny_config):
     readme = (ROOT / "README.md").read_text()
     match = re.search(r"<!-- plugin-example: (\S+) -->\n```python\n(.*?)```", readme, re.S)
@@ -144,6 +151,7 @@ def test_readme_plugin_example_runs_through_study_train(tmp_path, tiny_config):
     assert [r["period"] for r in rows] == ["1", "2"] and rows[1]["val_mAP"]
 
 
+@pytest.mark.slow
 def test_switching_the_schedule_drops_the_files_parameters_the_new_one_lacks():
     result = run("study.plan", "search_spaces/demo.yaml", "--set", "schedule.name=finetune")
     assert result.returncode == 0, result.stderr
@@ -162,3 +170,13 @@ def test_switching_the_schedule_drops_the_files_parameters_the_new_one_lacks():
         "schedule.periods=2",
     )
     assert result.returncode == 2 and "schedule 'finetune' has no parameter 'periods'" in result.stderr
+
+
+def test_readme_gives_periods_keywords_and_default_decay():
+    readme = (ROOT / "README.md").read_text()
+    signature = re.search(r"<!-- period-keywords -->\n`Period\((.*?)\)`", readme)
+    assert signature, "README lost Period's keywords"
+    documented = [part.split("=")[0].strip() for part in signature.group(1).split(", ")]
+    assert documented == [field.name for field in dataclasses.fields(Period)]
+    assert Period.__dataclass_fields__["decay"].default == StepDecay(every=20, gamma=0.1)
+    assert "multiplies the rates by 0.1 every 20 epochs of the period" in readme

@@ -57,6 +57,7 @@ def test_the_blocker_blocks(tmp_path):
     assert result.returncode != 0 and "No module named optuna" in result.stderr
 
 
+@pytest.mark.slow
 def test_training_needs_none_of_the_sweep_extra(tmp_path, tiny_config):
     config = tmp_path / "config.yaml"
     schedule = {"name": "incremental_rollback", "period_epochs": 1}
@@ -68,6 +69,7 @@ def test_training_needs_none_of_the_sweep_extra(tmp_path, tiny_config):
     assert summary["status"] == "finished" and summary["epochs"] == 4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "blocked, overrides, message",
     [
@@ -90,6 +92,7 @@ def test_a_sweep_without_its_extra_is_a_one_line_error(tmp_path, blocked, overri
     assert not out.exists()  # nothing made before the check
 
 
+@pytest.mark.slow
 def test_a_report_without_optuna_leaves_out_only_the_importance(tmp_path, tiny_base):
     write_study(tmp_path / "study", tiny_base, optuna_values=(0.25, 0.45, 0.20))
     result = run_without("ray,optuna,wandb", tmp_path, "study.report", str(tmp_path / "study"))

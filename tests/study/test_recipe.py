@@ -126,6 +126,7 @@ def test_the_trainer_draws_p_by_k_batches_and_augments_them_repeatably(tiny_conf
         assert not torch.equal(a, p)
 
 
+@pytest.mark.slow
 def test_a_bot_run_warms_up_adds_the_triplet_loss_and_resumes_exactly(tiny_config, tmp_path, train_until):
     import csv
 

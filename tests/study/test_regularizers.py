@@ -211,6 +211,7 @@ def test_validation_evaluates_the_ema_which_restarts_with_the_rolled_back_blocks
     assert all(torch.equal(v, group_state(checkpoints[0]["ema"], "B1")[k]) for k, v in kept.items())
 
 
+@pytest.mark.slow
 def test_resume_continues_the_ema_and_l2sp_bit_exactly(tiny_config, tmp_path, train_until):
     from study.evaluate import load_checkpoint
 

@@ -28,6 +28,7 @@ def final_metrics(out: Path) -> tuple:
     return summary["epochs"], summary["final_loss"], summary["final_val_mAP"]
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path, tiny_config):
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(tiny_config(SCHEDULE, train={"checkpoint_every": 1}).to_dict()))
@@ -56,6 +57,7 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path, tiny_config):
     assert final_metrics(interrupted) == final_metrics(tmp_path / "whole")
 
 
+@pytest.mark.slow
 def test_a_truncated_checkpoint_is_skipped_for_the_previous_one(tmp_path, tiny_config, capsys, train_until):
     config = tiny_config(SCHEDULE)
     whole = trainer.train_run(config, tmp_path / "whole")
@@ -89,6 +91,7 @@ def test_a_run_ended_in_its_last_on_epoch_keeps_its_summary(tmp_path, tiny_confi
     assert (summary["status"], summary["epochs"]) == ("finished", 2)
 
 
+@pytest.mark.slow
 def test_a_diverging_run_stops_with_status_diverged(tmp_path, tiny_config):
     config = tmp_path / "config.yaml"
     schedule = {"name": "finetune", "epochs": 3, "lr": 1.0e6, "head_lr": 1.0e6}

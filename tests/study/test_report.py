@@ -94,6 +94,7 @@ def write_optuna(folder, values):
         )
 
 
+@pytest.mark.slow
 def test_report_compares_schedules_over_seeds(tmp_path, tiny_base):
     write_study(tmp_path, tiny_base)
     report.main([str(tmp_path)])
@@ -351,6 +352,7 @@ def test_pieces_that_differ_or_overlap_are_one_line_errors(tmp_path, tiny_base, 
         report.merge_pieces([report.load_study(first), report.load_study(second)])
 
 
+@pytest.mark.slow
 def test_final_retrains_the_best_and_finetune_once_per_seed_on_the_test_protocol(tmp_path, tiny_base):
     write_study(tmp_path, tiny_base)
     report.main([str(tmp_path), "--final"])
@@ -373,6 +375,7 @@ def test_final_retrains_the_best_and_finetune_once_per_seed_on_the_test_protocol
     assert "The best configuration minus fine-tuning: " in text and "Welch's t-test p = " in text
 
 
+@pytest.mark.slow
 def test_final_runs_that_diverge_are_shown_as_diverged_not_as_their_last_evaluation(tmp_path, tiny_base):
     write_study(tmp_path, tiny_base)
     results = tmp_path / "results.csv"
@@ -386,6 +389,7 @@ def test_final_runs_that_diverge_are_shown_as_diverged_not_as_their_last_evaluat
     assert "The best configuration minus fine-tuning" not in text  # nothing to compare with
 
 
+@pytest.mark.slow
 def test_final_with_jobs_trains_in_other_processes_as_it_would_here(tmp_path, tiny_base, monkeypatch):
     write_study(tmp_path / "here", tiny_base)
     write_study(tmp_path / "processes", tiny_base)
@@ -425,6 +429,7 @@ def test_bad_final_options_are_one_line_errors(tmp_path, tiny_base, capsys, args
     assert not (tmp_path / "final").exists() and not (tmp_path / "report.md").exists()
 
 
+@pytest.mark.slow
 def test_final_fine_tunes_for_the_best_budget_when_the_study_has_no_finetune(tmp_path, tiny_base):
     write_study(tmp_path, tiny_base)
     study = report.load_study(tmp_path)

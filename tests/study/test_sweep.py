@@ -5,8 +5,11 @@ from __future__ import annotations
 import copy
 import csv
 import json
+import logging
 import math
 import os
+import runpy
+import shlex
 import shutil
 import sqlite3
 import tempfile
@@ -489,6 +492,7 @@ def _csv(path):
         return list(csv.DictReader(file))
 
 
+@pytest.mark.slow
 def test_results_csv_has_one_row_per_trial_with_statuses(study_dir):
     out, _ = study_dir
     rows = _csv(out / "results.csv")
@@ -522,6 +526,7 @@ def test_results_csv_has_one_row_per_trial_with_statuses(study_dir):
         assert config["schedule"]["name"] == "block_order" and config["schedule"]["retained"] == [[], ["B1"]]
 
 
+@pytest.mark.slow
 def test_epochs_csv_has_one_row_per_trial_and_epoch(study_dir):
     out, _ = study_dir
     results = {r["trial_id"]: r for r in _csv(out / "results.csv")}
@@ -543,6 +548,7 @@ def test_epochs_csv_has_one_row_per_trial_and_epoch(study_dir):
     assert "threads" not in epochs[0] and "cpu_model" not in epochs[0]  # a trial's, in results.csv
 
 
+@pytest.mark.slow
 def test_optuna_db_holds_one_trial_per_configuration(study_dir):
     out, _ = study_dir
     with sqlite3.connect(out / "optuna.db") as db:
@@ -559,6 +565,7 @@ def test_optuna_db_holds_one_trial_per_configuration(study_dir):
     assert sorted(value for value, _ in names) == [0.0, 1.0]  # category indices: both schedules
 
 
+@pytest.mark.slow
 def test_wandb_offline_runs_hold_each_trials_config(study_dir):
     out, _ = study_dir
     results = _csv(out / "results.csv")
@@ -579,6 +586,7 @@ def test_wandb_offline_runs_hold_each_trials_config(study_dir):
         assert b"__trial_index__" not in log
 
 
+@pytest.mark.slow
 def test_each_trial_keeps_its_last_checkpoint_once_in_tunes_folder(study_dir):
     out, _ = study_dir
     for row in _csv(out / "results.csv"):
@@ -594,6 +602,7 @@ def test_each_trial_keeps_its_last_checkpoint_once_in_tunes_folder(study_dir):
             assert json.loads((folder / "summary.json").read_text())["status"] == "diverged"
 
 
+@pytest.mark.slow
 def test_same_folder_again_is_refused_without_resume(study_dir, capsys):
     out, space = study_dir
     with pytest.raises(SystemExit) as exit_info:
@@ -602,6 +611,7 @@ def test_same_folder_again_is_refused_without_resume(study_dir, capsys):
     assert "already holds the study 'tiny'; pass --resume" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_report_on_the_study(study_dir):
     from study import report
 
@@ -617,6 +627,7 @@ def test_report_on_the_study(study_dir):
         assert f"plots/{name}" in text
 
 
+@pytest.mark.slow
 def test_resume_of_a_finished_study_keeps_its_results(study_dir):
     out, space = study_dir
     before = _csv(out / "results.csv")
@@ -625,3 +636,50 @@ def test_resume_of_a_finished_study_keeps_its_results(study_dir):
     assert [(r["trial_id"], r["status"], r["epochs"]) for r in after] == [
         (r["trial_id"], r["status"], r["epochs"]) for r in before
     ]
+
+
+def test_the_resume_hint_of_an_interrupted_study_continues_it(tmp_path, tiny_base, monkeypatch, capsys):
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump({**tiny_base(), **copy.deepcopy(VALID), "wandb": {"mode": "disabled"}}))
+    out = tmp_path / "study"
+    statuses = iter([["finished", "interrupted"], ["finished"] * 4])
+
+    def run_study(space, out, address, restore, mode):
+        marker = yaml.safe_dump({"_name": space.name, **space.source})
+        (out / "study.yaml").write_text(marker)  # as the Tuner's start does
+        return next(statuses)
+
+    monkeypatch.setattr(sweep_tuner, "run_study", run_study)
+    sets = ["tune.num_samples=2", "search.seeds=[0, 1]"]
+    with pytest.raises(SystemExit) as exit_info:
+        sweep_cli.main([str(path), "--out", str(out), *[w for s in sets for w in ("--set", s)]])
+    assert exit_info.value.code == 130
+    hint = capsys.readouterr().out.splitlines()[-1]
+    assert hint.startswith("interrupted; continue with: python -m study.sweep ")
+    words = shlex.split(hint.split(": ", 1)[1])
+    options = ["--set", sets[0], "--set", sets[1], "--resume"]
+    assert words[3:] == [str(path), "--out", str(out.resolve()), *options]
+    sweep_cli.main(words[3:])  # the same study: not "holds a different study"
+    assert "4 trials: 4 finished" in capsys.readouterr().out
+
+
+def test_rays_own_restore_hint_is_dropped_and_its_other_warnings_kept(caplog):
+    from study.sweep import ray_private
+
+    ray_private.quiet_restore_hint()
+    tune_logger = logging.getLogger(ray_private.TUNE_LOGGER)
+    with caplog.at_level(logging.WARNING, logger=ray_private.TUNE_LOGGER):
+        tune_logger.warning(
+            "Experiment has been interrupted, but the most recent state was saved.\n"
+            'Resume experiment with: Tuner.restore(path="/x/tune", trainable=...)'
+        )
+        tune_logger.warning("Trials did not complete: [t1]")
+    assert [r.getMessage() for r in caplog.records] == ["Trials did not complete: [t1]"]
+
+
+def test_python_dash_m_study_sweep_runs_the_cli(monkeypatch, capsys):
+    monkeypatch.setattr("sys.argv", ["python -m study.sweep", "--help"])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_module("study.sweep", run_name="__main__", alter_sys=True)
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.startswith("usage: python -m study.sweep [-h] [--out OUT]")

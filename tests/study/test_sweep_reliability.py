@@ -219,6 +219,7 @@ def optuna_trials(out: Path, name: str) -> list:
 # ----------------------------------------------------------------------------- kill -9 and --resume
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_keeps_finished_trials_and_continues_the_others(tmp_path, tiny_base):
     space = write_space(tmp_path / "killed.yaml", tiny_base, KILLED_STUDY)
     out = tmp_path / "study"
@@ -314,6 +315,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow
 def test_a_kill_after_optuna_stored_a_configuration_loses_no_planned_schedule(tmp_path, tiny_base):
     space = write_space(tmp_path / "planned.yaml", tiny_base, PLANNED_STUDY)
     out = tmp_path / "study"
@@ -355,6 +357,7 @@ tune:
 """
 
 
+@pytest.mark.slow
 def test_a_trial_on_a_lost_node_restarts_from_its_checkpoint_and_the_study_finishes(
     tmp_path, tiny_base, monkeypatch
 ):
@@ -412,6 +415,7 @@ def key_study(tmp_path_factory, tiny_base):
     return out, space, result, holding
 
 
+@pytest.mark.slow
 def test_the_wandb_key_is_never_printed_or_written(key_study):
     """Not in the study folder, nor in Ray's session logs (runtime_env_agent.log held it 15 times)."""
     out, _, result, holding = key_study
@@ -421,6 +425,7 @@ def test_the_wandb_key_is_never_printed_or_written(key_study):
     assert holding == []
 
 
+@pytest.mark.slow
 def test_a_second_sweep_on_a_study_folder_in_use_is_refused(key_study, tmp_path):
     """The lock is the kernel's (flock): held here as by a running sweep, released however it ends."""
     out, space, _, _ = key_study
@@ -434,6 +439,7 @@ def test_a_second_sweep_on_a_study_folder_in_use_is_refused(key_study, tmp_path)
         pass
 
 
+@pytest.mark.slow
 def test_diverged_trials_stop_at_once_and_the_study_goes_on(key_study):
     out, _, _, _ = key_study
     results = read_table(out / "results.csv")
@@ -451,6 +457,7 @@ def test_diverged_trials_stop_at_once_and_the_study_goes_on(key_study):
             assert (row["status"], row["epochs"]) == ("finished", "2")
 
 
+@pytest.mark.slow
 def test_optuna_records_a_diverged_configuration_as_failed(key_study):
     out, _, _, _ = key_study
     results = read_table(out / "results.csv")
@@ -462,6 +469,7 @@ def test_optuna_records_a_diverged_configuration_as_failed(key_study):
     assert trials["finetune"].value == pytest.approx(sum(finals) / len(finals))
 
 
+@pytest.mark.slow
 def test_a_folder_holding_another_study_is_refused_and_left_untouched(key_study, tmp_path):
     out, space, _, _ = key_study
     before = folder_state(out)

@@ -143,6 +143,7 @@ def test_every_registered_schedule_has_a_short_version():
     assert set(SHORT) >= set(registered()) - {n for n in registered() if ":" in n}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(SHORT))
 def test_every_builtin_schedule_trains(name, tiny_config, tmp_path):
     config = tiny_config({"name": name, **SHORT[name]})
@@ -193,6 +194,7 @@ def test_block_drift_is_the_relative_distance_from_the_pretrained_weights(tiny_c
     }
 
 
+@pytest.mark.slow
 def test_runs_with_a_seed_are_repeatable_and_resume_gives_the_same_result(tiny_config, tmp_path, train_until):
     config = tiny_config(
         {"name": "incremental_rollback", "period_epochs": 2, "periods": 2}, train={"checkpoint_every": 1}
@@ -238,6 +240,7 @@ def test_a_plateau_ends_periods_early_and_the_next_one_starts_at_once(
     assert float(rows[2]["lr_B1"]) == pytest.approx(0.001) and float(rows[1]["lr_B1"]) == pytest.approx(0.01)
 
 
+@pytest.mark.slow
 def test_a_plateau_run_resumes_with_the_same_decisions(tiny_config, tmp_path, train_until):
     schedule = {"name": "plateau_rollback", "period_epochs": 4, "periods": 2, "patience": 1}
     # Period 1 ends early after epoch 2; the resumed run must take that decision from the saved history.
