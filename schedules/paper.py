@@ -86,17 +86,36 @@ class RollbackSchedule(Schedule):
 @register("incremental_rollback")
 @dataclass(frozen=True)
 class IncrementalRollback(RollbackSchedule):
-    """The paper's schedule: period p keeps B1..B(p-1) and the head and rolls the rest back."""
+    """The paper's schedule: period p keeps B1..B(p-1) and the head and rolls the rest back.
+
+    ``budget_epochs`` (0: unset) fixes the budget instead of ``periods``: ``budget_epochs /
+    period_epochs`` periods, so a study can tune the period length at one budget (120 with
+    period_epochs 60, 40 or 30 gives 2, 3 or 4 periods).
+    """
 
     periods: int = 4
+    budget_epochs: int = 0
 
     def validate(self) -> None:
         super().validate()
-        if isinstance(self.periods, bool) or not 1 <= self.periods <= len(BLOCKS) + 1:
-            raise ScheduleError(f"incremental_rollback needs 1 <= periods <= 6, got periods={self.periods!r}")
+        if self.budget_epochs:
+            require_positive(budget_epochs=self.budget_epochs)
+            if self.budget_epochs % self.period_epochs:
+                raise ScheduleError(
+                    f"budget_epochs={self.budget_epochs} is not a whole number of periods of "
+                    f"period_epochs={self.period_epochs}; choose period_epochs that divide it"
+                )
+        count = self.period_count
+        if isinstance(count, bool) or not 1 <= count <= len(BLOCKS) + 1:
+            where = f"budget_epochs / period_epochs = {count}" if self.budget_epochs else f"periods={count!r}"
+            raise ScheduleError(f"incremental_rollback needs 1 <= periods <= 6, got {where}")
+
+    @property
+    def period_count(self) -> int:
+        return self.budget_epochs // self.period_epochs if self.budget_epochs else self.periods
 
     def retained_per_period(self) -> list[tuple[str, ...]]:
-        return [BLOCKS[:p] for p in range(self.periods)]
+        return [BLOCKS[:p] for p in range(self.period_count)]
 
 
 @register("base_cy")

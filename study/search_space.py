@@ -294,6 +294,7 @@ def parse_search_space(data: dict[str, Any], name: str) -> SearchSpace:
         )
     space = SearchSpace(name, base, schedules, seeds, params, when, tune, data, variants, paired)
     _check_search_values(space)
+    _check_asha_budgets(space)
     return space
 
 
@@ -535,6 +536,53 @@ def _positive_int(value: Any, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise UserError(f"{where} must be a positive integer, got {value!r}")
     return value
+
+
+def _check_asha_budgets(space: SearchSpace) -> None:
+    """Under ASHA a rung compares trials at the end of their period g (g = grace_periods ×
+    reduction_factor^k): that must be one epoch for every trial it compares (else it compares
+    budgets, not configurations), and the first rung must not come before a tuned schedule
+    parameter first changes the plan (else it is blind to it: retained_lr acts from period 2)."""
+    if space.tune.asha is None:
+        return
+    grace, factor = space.tune.asha.grace_periods, space.tune.asha.reduction_factor
+    rungs: dict[int, dict[int, str]] = {}  # rung (periods) -> {epoch it falls at: which trial}
+    for schedule in space.schedules:
+        params = space.params_for(schedule)
+        reference = {p.key: p.args[0] for p in params}  # every value at its first bound or choice
+        variations = [(None, None)] + [(p, v) for p in params if not p.fixed for v in p.args[1:]]
+        reference_plan: list = []
+        for param, value in variations:
+            data = space.base_for(schedule)
+            for key, setting in (reference | ({param.key: value} if param else {})).items():
+                set_dotted(data, key, setting)
+            plan = config_from_dict(data).built_schedule.plan()
+            reference_plan = reference_plan or plan
+            what = schedule + (f" with {param.key}={value!r}" if param else "")
+            ends = [step.epoch for step in plan if step.last_in_period]
+            rung = grace
+            while rung <= len(ends):
+                rungs.setdefault(rung, {}).setdefault(ends[rung - 1], what)
+                rung = max(rung + 1, round(rung * factor))
+            if param is None or param.schedule_param is None or not ends:
+                continue
+            acts = next((a.epoch for a, b in zip(plan, reference_plan, strict=False) if a != b), None)
+            first_rung = ends[min(grace, len(ends)) - 1]
+            if acts is not None and acts > first_rung:
+                needed = next((i + 1 for i, end in enumerate(ends) if end >= acts), len(ends))
+                raise UserError(
+                    f"tune.asha's first rung (the end of period {grace}, epoch {first_rung} of {schedule}) "
+                    f"comes before {param.key} acts (from epoch {acts}): set tune.asha.grace_periods "
+                    f"to {needed} or more, or drop tune.asha"
+                )
+    for rung, epochs in sorted(rungs.items()):
+        if len(epochs) > 1:
+            (a, first), (b, second) = list(epochs.items())[:2]
+            raise UserError(
+                f"tune.asha would compare trials at unequal budgets: the end of period {rung} is epoch {a} "
+                f"for {first} but {b} for {second}; drop tune.asha to compare them (schedule.budget_epochs "
+                "keeps every period length at one budget), or compare only equal period lengths under it"
+            )
 
 
 def _check_search_values(space: SearchSpace) -> None:

@@ -145,3 +145,30 @@ def test_bad_parameters_fail_at_construction_naming_the_value(spec, message):
 
     with pytest.raises(ScheduleError, match=message.replace("[", r"\[").replace("]", r"\]")):
         build_schedule(spec)
+
+
+def test_a_budget_of_epochs_gives_the_periods_that_fill_it():
+    for period_epochs, periods in ((30, 4), (40, 3), (60, 2)):
+        schedule = build_schedule(
+            {"name": "incremental_rollback", "budget_epochs": 120, "period_epochs": period_epochs}
+        )
+        plan = schedule.plan()
+        assert len(plan) == 120 and plan[-1].period == periods
+    base_cy = build_schedule({"name": "base_cy", "budget_epochs": 120, "period_epochs": 60, "periods": 4})
+    assert base_cy.plan()[-1].period == 2  # the budget decides, not periods
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"budget_epochs": 100, "period_epochs": 30}, "budget_epochs=100 is not a whole number of periods"),
+        (
+            {"budget_epochs": 280, "period_epochs": 40},
+            "needs 1 <= periods <= 6, got budget_epochs / period_epochs = 7",
+        ),
+        ({"periods": 7}, "needs 1 <= periods <= 6, got periods=7"),
+    ],
+)
+def test_a_budget_that_periods_cannot_fill_is_refused(settings, message):
+    with pytest.raises(ScheduleError, match=message.replace("(", r"\(")):
+        build_schedule({"name": "incremental_rollback", **settings})

@@ -43,7 +43,7 @@ VALID = {
         },
         "when": {"finetune": {"schedule.epochs": {"int": [1, 3]}}},
     },
-    "tune": {"num_samples": 4, "resources": {"cpu": 1, "gpu": 0}, "asha": {"grace_periods": 1}},
+    "tune": {"num_samples": 4, "resources": {"cpu": 1, "gpu": 0}, "asha": {"grace_periods": 2}},
 }
 
 
@@ -139,6 +139,28 @@ BAD = [
         },
         "the base config with schedule keep_B6",
     ),
+    (  # ASHA's rung after period 1 would see no retained_lr: it acts from period 2
+        changed("tune.asha", {"grace_periods": 1}),
+        "tune.asha's first rung (the end of period 1, epoch 1 of incremental_rollback) comes before "
+        "schedule.retained_lr acts (from epoch 2): set tune.asha.grace_periods to 2 or more",
+    ),
+    (  # period lengths searched under ASHA: its rungs would fall at unequal epochs
+        params_with("schedule.period_epochs", {"choice": [1, 2]}),
+        "tune.asha would compare trials at unequal budgets: the end of period 2 is epoch 2 for "
+        "incremental_rollback but 4 for incremental_rollback with schedule.period_epochs=2; drop tune.asha",
+    ),
+    (  # fine-tuning's one period ends at its last epoch: a rung after period 1 compares budgets
+        {
+            **VALID,
+            "tune": {**VALID["tune"], "asha": {"grace_periods": 1}},
+            "search": {
+                **VALID["search"],
+                "params": {"schedule.lr": 0.01},
+                "when": {"finetune": {"schedule.epochs": 4}},
+            },
+        },
+        "the end of period 1 is epoch 4 for finetune but 1 for incremental_rollback",
+    ),
 ]
 
 
@@ -189,6 +211,7 @@ def test_variants_are_compared_under_their_labels_with_their_own_parameters():
     }
     data["search"]["when"]["keep_B5"] = {"schedule.gamma": 0.5}
     data["tune"]["num_samples"] = 3
+    del data["tune"]["asha"]  # their periods differ in length: ASHA would compare unequal budgets
     space = search_space.parse_search_space(data, "variants")
     keep_b3 = space.run_config({"schedule.name": "keep_B3", "schedule.lr": 0.02, "train.seed": 0})
     # the base's period_epochs (block_order has it; periods it lacks), the variant's retained, the sampled lr
@@ -247,6 +270,10 @@ def test_shipped_search_spaces_load(monkeypatch):
     monkeypatch.setenv("MARKET1501_ROOT", "/data/Market-1501")
     periods = search_space.load_search_space(folder / "periods.yaml")
     assert periods.base["data"]["root"] == "/data/Market-1501" and periods.tune.gpu > 0
+    assert periods.tune.asha is None  # tuning period length: no rung could compare equal budgets
+    for period_epochs in (30, 40, 60):  # one budget whatever the period length
+        config = periods.run_config({"schedule.period_epochs": period_epochs, "train.seed": 0})
+        assert config.built_schedule.total_epochs == 120
     schedules = search_space.load_search_space(folder / "schedules.yaml")
     from schedules import registered
 
