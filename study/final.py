@@ -22,14 +22,16 @@ if TYPE_CHECKING:
 
 def retrain_final(study: Study, seeds: list[int] | None = None, jobs: int = 1) -> list[dict[str, Any]]:
     """Retrain the best configuration and the fine-tuning baseline on the test protocol, once per seed
-    (``seeds``, by default the study's), ``jobs`` runs at a time.
+    (``seeds``, by default the study's), ``jobs`` runs at a time; where the study ran
+    ``incremental_rollback``, also its best configuration (when it is not the best) and its control,
+    ``base_cy`` at the rollback's values (label ``control``).
 
     Runs go to DIR/final/LABEL/seed-N; finished ones are read back, interrupted ones resumed.
 
     For example ``retrain_final(load_study("runs/cuhk03_periods"), seeds=[0, 1, 2], jobs=3)``.
     """
     from study.config import config_from_dict
-    from study.search_space import SEED_KEY, parse_search_space
+    from study.search_space import SCHEDULE_KEY, SEED_KEY, parse_search_space
 
     best = study.best_per_schedule().dropna(subset=["mAP_mean"])
     if best.empty:
@@ -54,6 +56,14 @@ def retrain_final(study: Study, seeds: list[int] | None = None, jobs: int = 1) -
         chosen["finetune"] = lambda seed: config_from_dict(
             copy.deepcopy(baseline), [f"train.seed={seed}", "train.progress=false"]
         )
+    rollback = best[best["schedule"] == "incremental_rollback"]
+    if not rollback.empty:  # its control: the same restarts and values, nothing rolled back
+        values = configuration(rollback.iloc[0]) | {SCHEDULE_KEY: "base_cy"}
+        if best.iloc[0]["schedule"] != "incremental_rollback":
+            chosen["rollback"] = lambda seed: space.run_config(
+                configuration(rollback.iloc[0]) | {SEED_KEY: seed}
+            )
+        chosen["control"] = lambda seed: space.run_config(values | {SEED_KEY: seed})
     runs, pending = [], []
     for label, make_config in chosen.items():
         for seed in seeds or space.seeds:

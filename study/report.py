@@ -892,6 +892,18 @@ def final_table(final: list[dict[str, Any]]) -> list[str]:
             f"The best configuration minus fine-tuning: {gap:+.2f} mAP points "
             f"(fine-tuning's std over seeds: {spread:.2f}; Welch's t-test p = {p})."
         )
+    rollback = "rollback" if "rollback" in set(means.index) else "best"
+    by_seed = runs.pivot_table(index="seed", columns="label", values="mAP")  # runs that did not diverge
+    if {"control", rollback} <= set(by_seed.columns):
+        compared = paired_comparison(rollback, by_seed[rollback].dropna(), by_seed["control"].dropna())
+        per_seed = ", ".join(f"{d * 100:+.2f} (seed {seed})" for seed, d in compared.differences.items())
+        interval = (
+            f"; 95 % CI {compared.low * 100:+.2f} to {compared.high * 100:+.2f}" if compared.seeds > 1 else ""
+        )
+        lines.append(
+            f"The rollback minus its control (`base_cy` at the rollback's values, the same seed): "
+            f"{compared.differences.mean() * 100:+.2f} mAP points ({per_seed}{interval})."
+        )
     return lines
 
 

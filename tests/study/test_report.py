@@ -366,6 +366,11 @@ def test_final_retrains_the_best_and_finetune_once_per_seed_on_the_test_protocol
     assert best["config"]["data"]["evaluate_on"] == "test" and best["config"]["schedule"]["lr"] == 0.02
     assert best["config"]["train"]["seed"] == 1 and runs["best", 0]["config"]["train"]["seed"] == 0
     assert finetune["schedule"] == "finetune" and finetune["config"]["schedule"]["epochs"] == 2
+    control = json.loads((tmp_path / "final" / "control" / "seed-0" / "summary.json").read_text())
+    assert control["schedule"] == "base_cy" and control["config"]["schedule"]["lr"] == 0.02  # the rollback's
+    assert (
+        control["config"]["schedule"]["periods"] == 2 and control["config"]["data"]["evaluate_on"] == "test"
+    )
     text = (tmp_path / "report.md").read_text()
     assert "## Test set (retrained on every training identity)" in text
     maps = [runs["best", seed]["final_test_mAP"] * 100 for seed in (0, 1)]
@@ -373,6 +378,13 @@ def test_final_retrains_the_best_and_finetune_once_per_seed_on_the_test_protocol
     assert f"| best | incremental_rollback | {mean:.2f} ± {std:.2f} |" in text
     assert f"{maps[0]:.2f} (seed 0), {maps[1]:.2f} (seed 1)" in text
     assert "The best configuration minus fine-tuning: " in text and "Welch's t-test p = " in text
+    controls = [
+        json.loads((tmp_path / "final" / "control" / f"seed-{s}" / "summary.json").read_text())
+        for s in (0, 1)
+    ]
+    differences = [maps[s] - controls[s]["final_test_mAP"] * 100 for s in (0, 1)]
+    assert "The rollback minus its control (`base_cy` at the rollback's values, the same seed): " in text
+    assert f"{differences[0]:+.2f} (seed 0), {differences[1]:+.2f} (seed 1)" in text
 
 
 @pytest.mark.slow
@@ -385,7 +397,8 @@ def test_final_runs_that_diverge_are_shown_as_diverged_not_as_their_last_evaluat
     assert summary["status"] == "diverged" and summary["config"]["schedule"]["lr"] == 1e6
     text = (tmp_path / "report.md").read_text()
     assert "| best | incremental_rollback | – | – | 2 | diverged (seed 0), diverged (seed 1) |" in text
-    assert "2 run(s) diverged; means and tests are over the runs that did not." in text
+    assert "4 run(s) diverged; means and tests are over the runs that did not." in text  # and the control
+    assert "| control | base_cy | – | – | 2 | diverged (seed 0), diverged (seed 1) |" in text
     assert "The best configuration minus fine-tuning" not in text  # nothing to compare with
 
 
@@ -406,7 +419,11 @@ def test_final_with_jobs_trains_in_other_processes_as_it_would_here(tmp_path, ti
 
     monkeypatch.setattr("study.trainer.train_run", in_this_process)  # a spawned process imports its own
     processes = final.retrain_final(report.load_study(tmp_path / "processes"), seeds=[0], jobs=2)
-    assert [(run["label"], run["seed"]) for run in processes] == [("best", 0), ("finetune", 0)]
+    assert [(run["label"], run["seed"]) for run in processes] == [
+        ("best", 0),
+        ("finetune", 0),
+        ("control", 0),
+    ]
     for alone, shared in zip(here, processes, strict=True):
         assert shared["summary"]["status"] == "finished" and shared["summary"]["epochs"] == 2
         assert shared["summary"]["config"]["train"]["progress"] is False  # no interleaved bars
@@ -435,7 +452,7 @@ def test_final_fine_tunes_for_the_best_budget_when_the_study_has_no_finetune(tmp
     study = report.load_study(tmp_path)
     study.results = study.results[study.results["schedule"] != "finetune"]
     runs = final.retrain_final(study, seeds=[0])
-    assert [(run["label"], run["seed"]) for run in runs] == [("best", 0), ("finetune", 0)]
+    assert [(run["label"], run["seed"]) for run in runs] == [("best", 0), ("finetune", 0), ("control", 0)]
     baseline = runs[1]["summary"]["config"]["schedule"]
     # incremental_rollback's 2 periods x 1 epoch: 2 epochs, LR x0.1 half-way as in the paper's baseline
     assert baseline["name"] == "finetune" and baseline["epochs"] == 2 and baseline["decay_every"] == "half"
