@@ -579,7 +579,7 @@ def _mixed_environments(study: Study) -> list[str]:
         ]
     found = []
     for key in PAIRING_KEYS:
-        values = study.results.get(key, pd.Series(dtype=str)).fillna("–").astype(str)
+        values = study.results.get(key, pd.Series(dtype=object)).astype(object).fillna("–").astype(str)
         if values.nunique() > 1:
             counts = ", ".join(
                 f"{value} ({n} trials)" for value, n in values.value_counts(sort=False).items()
