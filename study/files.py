@@ -15,6 +15,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import socket
 import tempfile
 import time
@@ -91,6 +92,26 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
 
     with atomic_open(path) as file:
         torch.save(obj, file)
+
+
+def atomic_link_or_copy(source: str | Path, target: str | Path) -> bool:
+    """Place ``source`` at ``target`` (a hard link, else a copy) unless ``target`` exists; never replaces it.
+
+    Returns whether this call placed it. Two writers racing for one target leave exactly one's file.
+    """
+    target = Path(target)
+    staged = target.with_name(f".{target.name}.{_host()}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        os.link(source, staged)
+    except OSError:  # another file system, or one without hard links
+        shutil.copy2(source, staged)
+    try:
+        os.link(staged, target)  # fails when target exists, where a rename would replace it
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        staged.unlink(missing_ok=True)
 
 
 def remove_stale_temporaries(folder: str | Path) -> list[Path]:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from study.errors import UserError
+from study.prefixes import PREFIX_TAKEN, PREFIXES, PrefixStore, describe_sharing
 
 if TYPE_CHECKING:
     from study.report import Study
@@ -64,7 +65,7 @@ def retrain_final(study: Study, seeds: list[int] | None = None, jobs: int = 1) -
                 configuration(rollback.iloc[0]) | {SEED_KEY: seed}
             )
         chosen["control"] = lambda seed: space.run_config(values | {SEED_KEY: seed})
-    runs, pending = [], []
+    runs, pending, configs = [], [], {}
     for label, make_config in chosen.items():
         for seed in seeds or space.seeds:
             config = make_config(seed)
@@ -72,24 +73,35 @@ def retrain_final(study: Study, seeds: list[int] | None = None, jobs: int = 1) -
             config.train.progress = jobs == 1  # the bars of several processes would interleave
             folder = study.folder / "final" / label / f"seed-{seed}"
             runs.append({"label": label, "seed": seed, "folder": str(folder.relative_to(study.folder))})
+            configs[f"{label}-seed-{seed}"] = config
             if not (folder / "summary.json").exists():
                 pending.append((f"{label} ({config.schedule['name']}, seed {seed})", config, folder))
+    # the rollback and its control share their first period: trained once (study.prefixes)
+    store = PrefixStore(study.folder / "final" / PREFIXES)
+    store.want_forks(configs)
+    if pending:
+        print("\n".join(describe_sharing(configs)))
     if jobs == 1:
         for what, config, folder in pending:
             print(f"retraining {what} on the test protocol into {folder}")
-            _train_final(config, folder, what)
+            _train_final(config, folder, what, store.folder)
     else:
-        _train_in_processes(pending, jobs)
+        _train_in_processes(pending, jobs, store.folder)
     for run in runs:
-        run["summary"] = json.loads((study.folder / run["folder"] / "summary.json").read_text())
+        folder = study.folder / run["folder"]
+        run["summary"] = json.loads((folder / "summary.json").read_text())
+        taken = folder / PREFIX_TAKEN
+        run["shared"] = json.loads(taken.read_text()) if taken.exists() else None
     return runs
 
 
-def _train_final(config: Any, folder: Path, what: str) -> None:
+def _train_final(config: Any, folder: Path, what: str, prefixes: Path) -> None:
     from study.trainer import Diverged, train_run
 
+    name = f"{folder.parent.name}-{folder.name}"  # as in want_forks: LABEL-seed-N
     try:
-        train_run(config, folder, resume=True)
+        with PrefixStore(prefixes).joined(name, config, folder) as shared:
+            train_run(config, folder, resume=True, prefixes=shared)
     except Diverged as error:  # a result, not a failure: the table shows it, summary.json says so
         print(f"{what} diverged ({error}); it counts as no test mAP")
 
@@ -104,7 +116,7 @@ def threads_per_job(jobs: int) -> int:
     return max(1, len(os.sched_getaffinity(0)) // jobs)
 
 
-def _train_in_processes(pending: list[tuple[str, Any, Path]], jobs: int) -> None:
+def _train_in_processes(pending: list[tuple[str, Any, Path]], jobs: int, prefixes: Path) -> None:
     """Train ``jobs`` runs at a time, each in its own process with its share of the cores (and, on a
     machine of several GPUs, the GPUs in turn); the first failure is raised once the others end."""
     import multiprocessing
@@ -122,7 +134,7 @@ def _train_in_processes(pending: list[tuple[str, Any, Path]], jobs: int) -> None
             if gpus > 1 and config.train.device in ("auto", "cuda"):
                 config.train.device = f"cuda:{index % gpus}"
             print(f"retraining {what} on the test protocol into {folder} ({jobs} at a time)")
-            submitted[pool.submit(_train_final, config, folder, what)] = what
+            submitted[pool.submit(_train_final, config, folder, what, prefixes)] = what
         failures = []
         for future in as_completed(submitted):
             error = future.exception()

@@ -43,7 +43,7 @@ def shared_epochs(a: RunConfig, b: RunConfig) -> int:
     ...     "period_epochs": 4}))
     4
     """
-    if _numerical_settings(a) != _numerical_settings(b):
+    if numerical_settings(a) != numerical_settings(b):
         return 0
     plan_a, plan_b = a.built_schedule.plan(), b.built_schedule.plan()
     shared = 0
@@ -96,7 +96,9 @@ def environment_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     ]
 
 
-def _numerical_settings(config: RunConfig) -> dict[str, Any]:
+def numerical_settings(config: RunConfig) -> dict[str, Any]:
+    """The config but its schedule (the plans are compared epoch by epoch) and what does not change
+    the numbers: W&B, progress bars, the device choice and the evaluation batch size."""
     settings = config.to_dict()
     settings.pop("schedule")
     settings.pop("wandb", None)

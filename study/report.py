@@ -363,6 +363,7 @@ class Pair:
     shared: int | None  # leading epochs the same by construction (0: none); None: configs not rebuilt
     differs_at: int | None  # the first of the shared epochs whose recorded numbers differ
     environment: list[str]  # the pairing keys that differ (threads, CPU, ...), or ["not recorded"]
+    trained_once: int = 0  # leading epochs one computation for both (a shared prefix, study.prefixes)
 
     @property
     def exact(self) -> bool:
@@ -379,6 +380,9 @@ class Pair:
         if self.shared and self.differs_at is not None:
             differs, shared = self.differs_at, self.shared
             return f"not paired: numbers differ from epoch {differs} (planned alike through {shared})"
+        if self.exact and self.trained_once:
+            once, shared = self.trained_once, self.shared
+            return f"exactly paired: epochs 1-{once} trained once for both, identical through {shared}"
         if self.exact:
             return f"exactly paired: identical through epoch {self.shared}"
         if self.environment == ["not recorded"]:
@@ -405,7 +409,26 @@ def trial_pair(study: Study, a: str, b: str, configs: dict[str, Any] | None) -> 
         shared,
         differs_at,
         environment_differences(row_a.to_dict(), row_b.to_dict()),
+        trained_once(a, row_a, b, row_b),
     )
+
+
+def trained_once(a: str, row_a: pd.Series, b: str, row_b: pd.Series) -> int:
+    """The leading epochs trials ``a`` and ``b`` computed once: one took them from the other, or both
+    from a third (results.csv's ``shared_epochs``, ``shared_with``)."""
+
+    def taken(row: pd.Series) -> tuple[str, int]:
+        source, epochs = row.get("shared_with"), row.get("shared_epochs")
+        if not isinstance(source, str) or not source or pd.isna(epochs):
+            return "", 0
+        return source, int(epochs)
+
+    (source_a, epochs_a), (source_b, epochs_b) = taken(row_a), taken(row_b)
+    if source_b == a:
+        return epochs_b
+    if source_a == b:
+        return epochs_a
+    return min(epochs_a, epochs_b) if source_a and source_a == source_b else 0
 
 
 def rebuilt_configs(study: Study) -> dict[str, Any] | None:
@@ -549,9 +572,23 @@ def pairs_section(study: Study) -> list[str]:
         f"when they ran alike; {exact} of {len(found)} such pairs do.",
         "",
     ]
-    header = ["schedules", "seed", "planned alike through epoch", "numbers", "environment"]
+    header = [
+        "schedules",
+        "seed",
+        "planned alike through epoch",
+        "trained once through",
+        "numbers",
+        "environment",
+    ]
     rows = [
-        [" / ".join(p.schedules), p.seed, p.shared, p.describe(), ", ".join(p.environment) or "same"]
+        [
+            " / ".join(p.schedules),
+            p.seed,
+            p.shared,
+            p.trained_once or "–",
+            p.describe(),
+            ", ".join(p.environment) or "same",
+        ]
         for p in found
     ]
     return lines + markdown_table(header, rows)
@@ -902,9 +939,34 @@ def final_table(final: list[dict[str, Any]]) -> list[str]:
         )
         lines.append(
             f"The rollback minus its control (`base_cy` at the rollback's values, the same seed): "
-            f"{compared.differences.mean() * 100:+.2f} mAP points ({per_seed}{interval})."
+            f"{compared.differences.mean() * 100:+.2f} mAP points ({per_seed}{interval})"
+            + _trained_once_note(final, rollback, "control")
+            + "."
         )
     return lines
+
+
+def _trained_once_note(final: list[dict[str, Any]], a: str, b: str) -> str:
+    """``; epochs 1-k trained once for both on every seed`` where runs ``a`` and ``b`` of each seed
+    shared their prefix (one took it from the other); else nothing."""
+    runs = {(run["label"], run["seed"]): run for run in final}
+    shared = []
+    for (label, seed), run in runs.items():
+        other = runs.get((b, seed)) if label == a else None
+        if other is None:
+            continue
+        taken = [(r, o) for r, o in ((run, other), (other, run)) if r.get("shared")]
+        epochs = [
+            r["shared"]["epochs"]
+            for r, o in taken
+            if r["shared"]["trained_by"] == f"{o['label']}-seed-{seed}"
+        ]
+        shared.append(max(epochs, default=0))
+    if not shared or min(shared) == 0:
+        return ""
+    return (
+        f"; epochs 1-{min(shared)} trained once for both on every seed, so the pairs are exact through them"
+    )
 
 
 def evaluation_table(study: Study) -> list[str]:

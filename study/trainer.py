@@ -38,6 +38,7 @@ from study.files import (
 from study.losses import ReIDLoss
 from study.models import ReIDNet, build_model, group_state, snapshot
 from study.pairing import evaluation_due
+from study.prefixes import RunPrefixes
 from study.provenance import run_environment
 from study.regularizers import make_regularizers
 
@@ -49,14 +50,20 @@ class Diverged(RuntimeError):
 
 
 def train_run(
-    config: RunConfig, out_dir: str | Path, *, resume: bool = False, on_epoch: EpochCallback | None = None
+    config: RunConfig,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    on_epoch: EpochCallback | None = None,
+    prefixes: RunPrefixes | None = None,
 ) -> dict[str, Any]:
     """Train one run of ``config`` into ``out_dir`` and return its summary.
 
     Writes ``metrics.csv`` (one row per epoch), ``summary.json``, ``config.yaml``
     and ``checkpoints/epoch-NNNN.pt`` (every period end; the latest mid-period one
     when ``train.checkpoint_every`` is set). ``on_epoch(record, checkpoint)`` is
-    called after every epoch (sweeps report to Ray Tune from there).
+    called after every epoch (sweeps report to Ray Tune from there). With ``prefixes`` (this run's
+    part in a study's shared prefixes, ``study.prefixes``) it also saves the states other runs want.
 
     For example, ``train_run(load_config("search_spaces/demo.yaml"), "runs/demo-single")``.
     """
@@ -142,8 +149,11 @@ def train_run(
             print(epoch_line(record, history, len(plan), config.data.evaluate_on), flush=True)
 
         saved = None
-        if _checkpoint_due(step, config):
+        shared = prefixes is not None and prefixes.save_after(step.epoch)  # another run starts from here
+        if shared or _checkpoint_due(step, config):
             saved = save_checkpoint(out_dir, model, optimizer, config, history, step, regularizers.state())
+        if shared:
+            prefixes.publish(step.epoch, saved)
         if next_epoch(plan, history) is None:  # first: a sweep's scheduler may end the trial in on_epoch
             atomic_write_json(out_dir / run_folder.SUMMARY, summarize(history, config))
         if on_epoch is not None:

@@ -10,6 +10,7 @@ from ray.tune import Callback
 
 from study import run_folder
 from study.files import atomic_write_csv
+from study.prefixes import SHARING_KEYS
 from study.provenance import ENVIRONMENT_KEYS
 from study.search_space import (
     SCHEDULE_KEY,
@@ -113,8 +114,9 @@ def write_tables(
         schedule = sampled.get(SCHEDULE_KEY, space.schedules[0])
         rows = [epochs.get(trial_id, {})[e] for e in sorted(epochs.get(trial_id, {}))]
         who = {"trial_id": trial_id, "schedule": schedule, "seed": sampled[SEED_KEY]}
-        # the environment is a trial's, in results.csv; epochs.csv keeps the numbers
-        all_epochs += [{**who, **{k: v for k, v in row.items() if k not in ENVIRONMENT_KEYS}} for row in rows]
+        # the environment and the shared prefix are a trial's, in results.csv; epochs.csv keeps the numbers
+        trial_keys = (*ENVIRONMENT_KEYS, *SHARING_KEYS)
+        all_epochs += [{**who, **{k: v for k, v in row.items() if k not in trial_keys}} for row in rows]
         status = trial_status(statuses.get(trial_id, "PENDING"), rows)
         results.append(
             {
@@ -141,6 +143,7 @@ def trial_summary(rows: list[dict[str, Any]], prefix: str) -> dict[str, Any]:
         "epochs_planned": rows[-1].get("epochs_planned") if rows else None,
         "periods_done": done[-1].get("periods_done") if done else 0,
         **summary,
+        **{key: rows[-1].get(key) for key in SHARING_KEYS if rows},
     }
 
 

@@ -17,6 +17,7 @@ from ray.tune import Callback
 
 from schedules import next_epoch
 from study import run_folder
+from study.prefixes import PREFIXES, SHARING_KEYS, PrefixStore
 from study.search_space import (
     SearchSpace,
     TuneSettings,
@@ -47,11 +48,20 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     tune_epoch = restore_from_tune(tune.get_checkpoint(), run_dir)
     plan = run_config.built_schedule.plan()
     reporter = EpochReporter(plan, context.space.tune, run_dir)
-    reporter.catch_up(tune_epoch)
-    try:
-        train_run(run_config, run_dir, resume=True, on_epoch=reporter)
-    except Diverged as error:
-        reporter.report_divergence(str(error))
+    # Epochs another trial trains alike are trained once (study.prefixes): this may wait for them.
+    with PrefixStore(Path(context.out) / PREFIXES).joined(trial_id, run_config, run_dir) as prefixes:
+        reporter.shared = shared_columns(prefixes.taken)
+        reporter.catch_up(tune_epoch)
+        try:
+            train_run(run_config, run_dir, resume=True, on_epoch=reporter, prefixes=prefixes)
+        except Diverged as error:
+            reporter.report_divergence(str(error))
+
+
+def shared_columns(taken: dict[str, Any] | None) -> dict[str, Any]:
+    """What a trial's results say of its shared prefix: epochs taken from another trial, and whose."""
+    epochs, trained_by = SHARING_KEYS
+    return {epochs: taken["epochs"] if taken else 0, trained_by: taken["trained_by"] if taken else ""}
 
 
 def periods_done(record: dict[str, Any], plan: list) -> int:
@@ -88,6 +98,7 @@ class EpochReporter:
         self.records: list[dict[str, Any]] = []
         self.last = worst_value(self.mode)
         self.best: dict[str, Any] | None = None
+        self.shared: dict[str, Any] = {}  # shared_columns(): reported with every epoch
 
     def __call__(self, record: dict[str, Any], checkpoint: Path | None, keep: bool = False) -> None:
         """Report one epoch; its checkpoint leaves the run folder once Tune holds a copy, unless ``keep``."""
@@ -101,6 +112,7 @@ class EpochReporter:
             "epochs_planned": self.epoch if next_epoch(self.plan, self.records) is None else len(self.plan),
             "diverged": False,
             **self._best_so_far(),
+            **self.shared,
         }
         self._report(result, checkpoint, keep)
 

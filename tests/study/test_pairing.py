@@ -215,11 +215,11 @@ def test_the_report_calls_pairs_exact_paired_or_seed_matched_and_flags_mixed_thr
     pairs = "\n".join(report.pairs_section(study))
     assert "1 of 2 such pairs do" in pairs
     assert (
-        "| incremental_rollback / base_cy | 0 | 1 | exactly paired: identical through epoch 1 | same |"
+        "| incremental_rollback / base_cy | 0 | 1 | – | exactly paired: identical through epoch 1 | same |"
         in pairs
     )
     assert (
-        "| 1 | 1 | not paired: numbers differ from epoch 1 (planned alike through 1) | threads 1 vs 2 |"
+        "| 1 | 1 | – | not paired: numbers differ from epoch 1 (planned alike through 1) | threads 1 vs 2 |"
         in pairs
     )
     caveats = "\n".join(report.caveats(study))
