@@ -229,9 +229,11 @@ def _merged_settings(saved: list[dict[str, Any]]) -> dict[str, Any]:
     search["schedules"] = list(dict.fromkeys(s for piece in saved for s in piece["search"]["schedules"]))
     search["seeds"] = sorted({seed for piece in saved for seed in piece["search"]["seeds"]})
     search["when"] = {k: v for piece in saved for k, v in ((piece["search"].get("when")) or {}).items()}
-    merged.setdefault("tune", {})["num_samples"] = sum(
-        (piece.get("tune") or {}).get("num_samples", 1) for piece in saved
-    )
+    tune = merged.setdefault("tune", {})
+    if tune.get("sampler") == "grid":  # the whole grid: its size follows from the merged schedules
+        tune.pop("num_samples", None)
+    else:
+        tune["num_samples"] = sum((piece.get("tune") or {}).get("num_samples", 1) for piece in saved)
     return merged
 
 

@@ -330,6 +330,32 @@ def test_pieces_may_differ_in_how_many_trials_ran_at_once(tmp_path, tiny_base):
     assert sorted(merged.results["seed"]) == [0, 1]
 
 
+def test_the_pieces_of_a_grid_study_merge_into_the_whole_grid(tmp_path, tiny_base):
+    """Each piece runs the grid of its schedules (num_samples left out): the merged study is the
+    grid of all of them, whatever the pieces' sizes add up to (pieces by seed repeat a grid)."""
+    whole = tmp_path / "whole"
+    write_study(whole, tiny_base)
+    saved = yaml.safe_load((whole / "study.yaml").read_text())
+    saved["search"]["params"]["schedule.lr"] = {"choice": [0.01, 0.02, 0.04]}
+    saved["tune"] = {"sampler": "grid"}
+    (whole / "study.yaml").write_text(yaml.safe_dump(saved))
+    pieces = split_into_pieces(
+        whole, {"seed0": [("finetune", 0), ("incremental_rollback", 0)], "seed1-ft": [("finetune", 1)]}
+    )
+    for piece in pieces:
+        saved = yaml.safe_load((piece / "study.yaml").read_text())
+        del saved["tune"]["num_samples"]
+        (piece / "study.yaml").write_text(yaml.safe_dump(saved))
+    (merged,) = report.merge_pieces([report.load_study(folder) for folder in pieces])
+    assert "num_samples" not in merged.saved["tune"]
+    configs = merged.trial_configs()  # the merged settings parse: a grid of 3 + 3 configurations
+    assert {trial: c.schedule["lr"] for trial, c in configs.items()} == {
+        "ft0": 0.01,
+        "ir0": 0.02,
+        "ft1": 0.01,
+    }
+
+
 def test_pieces_that_differ_or_overlap_are_one_line_errors(tmp_path, tiny_base, capsys):
     whole = tmp_path / "whole"
     write_study(whole, tiny_base)
