@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import pickle
+from pathlib import Path
 
 import optuna
 import pytest
@@ -211,3 +212,14 @@ def test_a_resumed_grid_searcher_runs_the_rest_of_the_grid_and_adopts_what_a_kil
     assert [t.params for t in trials] == EXPECTED_GRID  # no configuration asked twice
     assert [t.state.name for t in trials] == ["COMPLETE"] * 3 + ["RUNNING"] * 7
     assert [t.value for t in trials[:3]] == pytest.approx([0.05, 0.25, 0.45])
+
+
+def test_the_readmes_grid_example_is_the_grid_its_opening_line_states():
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    paragraph = readme.split("**A grid.**")[1]
+    example = yaml.safe_load(paragraph.split("```yaml\n")[1].split("```")[0])
+    space = search_space.parse_search_space(example, "readme")
+    stated = paragraph.split("first line says `")[1].split("`")[0].replace("\n", " ")
+    assert sweep_cli.describe(space).startswith(f"study readme: {stated};")
+    schedules = [p["schedule.name"] for p in space.grid()]
+    assert schedules == ["incremental_rollback"] * 9 + ["finetune"] * 3 + ["base_cy"] * 3
