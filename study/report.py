@@ -607,11 +607,13 @@ def _confounded_hyperparameters(study: Study) -> list[str]:
             differing.append(f"`{key}` ({shown})")
     if not differing:
         return []
+    if (study.saved.get("tune") or {}).get("sampler") == "grid":
+        why = "Each schedule ran every point of its grid: these are each one's best, not one shared setting."
+    else:
+        why = "Schedule and these values are confounded; `search.paired: true` runs every schedule at the "
+        why += "same sampled values."
     return [
-        "- The schedules were compared at different hyperparameters: "
-        + "; ".join(differing)
-        + ". Schedule and these values are confounded; `search.paired: true` runs every schedule at "
-        "the same sampled values."
+        "- The schedules were compared at different hyperparameters: " + "; ".join(differing) + ". " + why
     ]
 
 

@@ -589,6 +589,19 @@ def test_the_verdict_comes_first_with_its_interval_and_the_caveats_say_what_was_
     assert "- Chance level of this evaluation split (" in text
 
 
+def test_a_grid_studys_caveat_on_differing_best_values_says_each_is_at_its_best(tmp_path, tiny_base):
+    write_study(tmp_path, tiny_base)
+    study = report.load_study(tmp_path)
+    (tpe,) = report._confounded_hyperparameters(study)
+    assert tpe.endswith("confounded; `search.paired: true` runs every schedule at the same sampled values.")
+    study.saved["tune"] = {"sampler": "grid"}
+    (grid,) = report._confounded_hyperparameters(study)
+    assert grid.startswith("- The schedules were compared at different hyperparameters: `schedule.lr` (")
+    assert grid.endswith(
+        ". Each schedule ran every point of its grid: these are each one's best, not one shared setting."
+    )
+
+
 def test_runs_still_improving_at_their_last_evaluations_are_called_not_converged(tmp_path, tiny_base):
     write_study(tmp_path, tiny_base)
     study = report.load_study(tmp_path)
