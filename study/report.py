@@ -229,9 +229,11 @@ def _merged_settings(saved: list[dict[str, Any]]) -> dict[str, Any]:
     search["schedules"] = list(dict.fromkeys(s for piece in saved for s in piece["search"]["schedules"]))
     search["seeds"] = sorted({seed for piece in saved for seed in piece["search"]["seeds"]})
     search["when"] = {k: v for piece in saved for k, v in ((piece["search"].get("when")) or {}).items()}
-    merged.setdefault("tune", {})["num_samples"] = sum(
-        (piece.get("tune") or {}).get("num_samples", 1) for piece in saved
-    )
+    tune = merged.setdefault("tune", {})
+    if tune.get("sampler") == "grid":  # the whole grid: its size follows from the merged schedules
+        tune.pop("num_samples", None)
+    else:
+        tune["num_samples"] = sum((piece.get("tune") or {}).get("num_samples", 1) for piece in saved)
     return merged
 
 
@@ -642,11 +644,13 @@ def _confounded_hyperparameters(study: Study) -> list[str]:
             differing.append(f"`{key}` ({shown})")
     if not differing:
         return []
+    if (study.saved.get("tune") or {}).get("sampler") == "grid":
+        why = "Each schedule ran every point of its grid: these are each one's best, not one shared setting."
+    else:
+        why = "Schedule and these values are confounded; `search.paired: true` runs every schedule at the "
+        why += "same sampled values."
     return [
-        "- The schedules were compared at different hyperparameters: "
-        + "; ".join(differing)
-        + ". Schedule and these values are confounded; `search.paired: true` runs every schedule at "
-        "the same sampled values."
+        "- The schedules were compared at different hyperparameters: " + "; ".join(differing) + ". " + why
     ]
 
 

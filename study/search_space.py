@@ -3,7 +3,7 @@
 The format (see study/sweep/__init__.py for how a study runs it)::
 
     search:
-      schedules: [finetune, incremental_rollback]   # compared side by side, assigned round robin
+      schedules: [finetune, incremental_rollback]   # compared side by side, round robin (grid: in turn)
       variants:                                      # optional: named variants, listed in schedules
         keep_B3: {name: block_order, retained: [[], [B3]]}
       seeds: [0, 1]                                  # every sampled configuration runs once per seed
@@ -17,12 +17,19 @@ The format (see study/sweep/__init__.py for how a study runs it)::
     tune:
       metric: val_mAP            # val_/test_ + mAP, rank1, rank5, rank10 or mINP
       mode: max
+      sampler: tpe               # Optuna's TPE (default), or grid: every combination of the choices
       num_samples: 6             # sampled configurations; trials = num_samples x len(seeds)
       max_concurrent: 2          # at most this many trials at once (default: as resources allow)
       resources: {cpu: 1, gpu: 0}                    # per trial; a fractional gpu shares one
       asha: {grace_periods: 1, reduction_factor: 2}  # early stopping on period ends; omit to disable
       seed: 0                    # of the TPE sampler
       startup_trials: 10         # configurations sampled at random before TPE takes over
+
+With ``tune.sampler: grid`` every tuned value must be a ``choice``: the study runs, schedule by schedule
+in ``search.schedules`` order, every combination of the choices that schedule uses (``SearchSpace.grid``),
+each once per seed. ``tune.num_samples`` is then the grid's size (leave it out); ``tune.seed`` and
+``startup_trials`` are TPE's and mean nothing; ``search.paired`` is allowed and adds nothing: each
+schedule runs at every combination of its choices, so schedules sharing a parameter meet at each value.
 
 The base ``schedule`` section is the first compared schedule's; a compared schedule keeps the base
 parameters it also has and gets the others from ``params`` (those it lacks are dropped) and ``when``.
@@ -37,6 +44,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import math
 import os
 import re
@@ -65,6 +73,7 @@ SEARCH_KEYS = ("schedules", "variants", "seeds", "params", "when", "paired")
 TUNE_KEYS = (
     "metric",
     "mode",
+    "sampler",
     "num_samples",
     "max_concurrent",
     "resources",
@@ -72,6 +81,7 @@ TUNE_KEYS = (
     "seed",
     "startup_trials",
 )
+SAMPLERS = ("tpe", "grid")
 RESOURCE_KEYS = ("cpu", "gpu")
 ASHA_KEYS = ("grace_periods", "reduction_factor")
 RETRIEVAL_METRICS = ("mAP", "rank1", "rank5", "rank10", "mINP")
@@ -128,6 +138,7 @@ class TuneSettings:
     asha: Asha | None = None
     seed: int = 0
     startup_trials: int = 10
+    sampler: str = "tpe"  # one of SAMPLERS
 
 
 @dataclass(frozen=True)
@@ -155,6 +166,26 @@ class SearchSpace:
         fields = label_fields(schedule, self.variants)
         common = [p for p in self.params if p.schedule_param is None or p.schedule_param in fields]
         return common + list(self.when.get(schedule, ()))
+
+    def grid(self) -> list[dict[str, Any]]:
+        """The configurations of ``tune.sampler: grid``: schedule by schedule (``search.schedules`` order)
+        every combination of the choices it uses (its parameters in file order, the last varying
+        fastest), as the schedule key and the chosen values; fixed values are not listed.
+
+        Comparing finetune and base_cy, ``when: {base_cy: {schedule.period_epochs: {choice: [30, 60]}}}``
+        gives ``[{"schedule.name": "finetune"}, {"schedule.name": "base_cy", "schedule.period_epochs": 30},
+        {"schedule.name": "base_cy", "schedule.period_epochs": 60}]``.
+        """
+        points = []
+        for schedule in self.schedules:
+            tuned = [p for p in self.params_for(schedule) if not p.fixed]
+            if any(p.kind != "choice" for p in tuned):
+                raise ValueError(f"a grid needs choices only; {schedule} samples {[p.key for p in tuned]}")
+            for values in itertools.product(*(p.args for p in tuned)):
+                points.append(
+                    {SCHEDULE_KEY: schedule, **{p.key: v for p, v in zip(tuned, values, strict=True)}}
+                )
+        return points
 
     def searched_keys(self) -> list[str]:
         """Every searched key (tuned or fixed, any schedule), in file order."""
@@ -287,12 +318,14 @@ def parse_search_space(data: dict[str, Any], name: str) -> SearchSpace:
     paired = search.get("paired", False)
     if not isinstance(paired, bool):
         raise UserError(f"search.paired must be true or false, got {paired!r}")
-    if paired and tune.num_samples % len(schedules):
+    if paired and tune.sampler == "tpe" and tune.num_samples % len(schedules):
         raise UserError(
             f"search.paired runs every schedule at each sampled value set: tune.num_samples="
             f"{tune.num_samples} must be a multiple of the {len(schedules)} schedules"
         )
     space = SearchSpace(name, base, schedules, seeds, params, when, tune, data, variants, paired)
+    if tune.sampler == "grid":
+        space = _sized_grid(space, (data.get("tune") or {}).get("num_samples"))
     _check_search_values(space)
     _check_asha_budgets(space)
     return space
@@ -499,8 +532,11 @@ def _tune(value: Any, evaluate_on: str, num_schedules: int) -> TuneSettings:
     mode = tune.get("mode", "max")
     if mode not in ("max", "min"):
         raise UserError(f"tune.mode must be max or min, got {mode!r}")
+    sampler = tune.get("sampler", "tpe")
+    if sampler not in SAMPLERS:
+        raise UserError(f"tune.sampler: {unknown('sampler', str(sampler), SAMPLERS)}")
     num_samples = _positive_int(tune.get("num_samples", num_schedules), "tune.num_samples")
-    if num_samples < num_schedules:
+    if sampler == "tpe" and num_samples < num_schedules:  # a grid's size is checked with the grid
         raise UserError(
             f"tune.num_samples={num_samples} is fewer than the {num_schedules} compared schedules; "
             "each schedule needs at least one configuration"
@@ -529,7 +565,27 @@ def _tune(value: Any, evaluate_on: str, num_schedules: int) -> TuneSettings:
         raise UserError(f"tune.seed must be an integer, got {seed!r}")
     check_seed(seed, "tune.seed")
     startup = _positive_int(tune.get("startup_trials", 10), "tune.startup_trials")
-    return TuneSettings(metric, mode, num_samples, max_concurrent, cpu, gpu, asha, seed, startup)
+    return TuneSettings(metric, mode, num_samples, max_concurrent, cpu, gpu, asha, seed, startup, sampler)
+
+
+def _sized_grid(space: SearchSpace, num_samples: Any) -> SearchSpace:
+    """Refuse a grid over anything but choices, or of another size than ``tune.num_samples`` says;
+    return the space with num_samples set to the grid's size."""
+    for schedule in space.schedules:
+        for param in space.params_for(schedule):
+            if not param.fixed and param.kind != "choice":
+                where = "search.params" if param in space.params else f"search.when.{schedule}"
+                raise UserError(
+                    f"{where}.{param.key} is {param.kind}, but tune.sampler: grid needs a choice: "
+                    f"list its values as {{choice: [...]}}, or use tune.sampler: tpe"
+                )
+    size = len(space.grid())
+    if num_samples is not None and num_samples != size:
+        raise UserError(
+            f"tune.num_samples={num_samples}, but the grid has {size} configurations; "
+            "leave tune.num_samples out (a grid runs each of its configurations once)"
+        )
+    return dataclasses.replace(space, tune=dataclasses.replace(space.tune, num_samples=size))
 
 
 def _positive_int(value: Any, where: str) -> int:

@@ -1,7 +1,8 @@
 """``python -m study.sweep SEARCH_SPACE.yaml [--out DIR] [--set k=v] [--address ADDR] [--resume]``: a study.
 
 Ray Tune spreads the trials over the CPUs and GPUs of a Ray cluster, Optuna's TPE proposes the
-configurations, and every trial trains one schedule with the shared trainer and reports each epoch.
+configurations (or ``tune.sampler: grid`` lists them), and every trial trains one schedule with the
+shared trainer and reports each epoch.
 
 The search-space file format is described in ``study/search_space.py``. Each trial's sampled dict
 (flat dotted keys plus ``train.seed``) is what W&B logs as its config.
@@ -9,9 +10,10 @@ The search-space file format is described in ``study/search_space.py``. Each tri
 How the pieces fit:
 - The plan: ``StudySearcher`` asks Optuna for ``num_samples`` configurations and runs each once
   per seed; configuration c compares schedule c mod k, so every schedule gets its share, and TPE
-  samples the other values. optuna.db holds one trial per configuration: the mean over its seeds
-  of the last reported metric, FAIL when any seed diverged or failed, PRUNED (with its per-period
-  means) when ASHA stopped a seed. A kill at any moment loses no planned configuration or seed.
+  samples the other values (a grid's configuration c is its point c, every value given). optuna.db
+  holds one trial per configuration: the mean over its seeds of the last reported metric, FAIL when
+  any seed diverged or failed, PRUNED (with its per-period means) when ASHA stopped a seed. A kill
+  at any moment loses no planned configuration or seed.
 - Early stopping: ASHA measures time in completed periods (``periods_done``, +1 on the last epoch
   of each period), so its rungs fall on period ends, never in the dip right after a rollback.
 - Every epoch is reported and carries the metric: epochs without validation repeat the last

@@ -11,6 +11,7 @@ from study.config import config_from_dict, set_dotted
 from study.errors import UserError, cli
 from study.files import check_output_folder, remove_stale_temporaries
 from study.search_space import (
+    SCHEDULE_KEY,
     SearchSpace,
     load_search_space,
 )
@@ -29,7 +30,7 @@ from study.sweep.wandb_mode import wandb_mode, wandb_notice
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m study.sweep",
-        description="Run a study: Ray Tune trials, Optuna TPE, W&B logging.",
+        description="Run a study: Ray Tune trials, Optuna TPE or a grid, W&B logging.",
         epilog="The search-space format is described in study/search_space.py and atop search_spaces/*.yaml.",
     )
     parser.add_argument("search_space", help="search-space YAML: a run config plus search and tune sections")
@@ -91,7 +92,8 @@ def resume_command(search_space: str, out: Path, sets: list[str], address: str |
 
 
 def describe(space: SearchSpace) -> str:
-    """``study demo: 6 trials (3 configurations x 2 seeds); epochs per trial: finetune 9, ...``."""
+    """``study demo: 6 trials (3 configurations x 2 seeds); epochs per trial: finetune 9, ...``, or for a
+    grid ``study grid: a grid of 4 configurations (finetune 1, base_cy 3) x 2 seeds = 8 trials; ...``."""
     epochs = []
     for schedule in space.schedules:
         data = space.base_for(schedule)
@@ -101,9 +103,17 @@ def describe(space: SearchSpace) -> str:
         tuned = any(not p.fixed and p.schedule_param for p in space.params_for(schedule))
         total = config_from_dict(data).built_schedule.total_epochs
         epochs.append(f"{schedule} {total}{' at the base values' if tuned else ''}")
+    epochs_line = f"epochs per trial: {', '.join(epochs)}"
+    if space.tune.sampler == "grid":
+        schedules = [point[SCHEDULE_KEY] for point in space.grid()]
+        sizes = ", ".join(f"{s} {schedules.count(s)}" for s in space.schedules)
+        return (
+            f"study {space.name}: a grid of {len(schedules)} configurations ({sizes}) x "
+            f"{len(space.seeds)} seeds = {space.num_trials} trials; {epochs_line}"
+        )
     return (
         f"study {space.name}: {space.num_trials} trials ({space.tune.num_samples} configurations x "
-        f"{len(space.seeds)} seeds); epochs per trial: {', '.join(epochs)}"
+        f"{len(space.seeds)} seeds); {epochs_line}"
     )
 
 

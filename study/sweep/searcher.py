@@ -1,4 +1,5 @@
-"""Optuna's view of a study: the planned configurations, each once per seed, as a Ray Tune searcher."""
+"""Optuna's view of a study: the planned configurations (TPE's or a grid's), each once per seed, as a
+Ray Tune searcher."""
 
 from __future__ import annotations
 
@@ -46,7 +47,8 @@ class Suggest:
 
 
 def schedule_of(space: SearchSpace, configuration: int) -> str:
-    """Configuration c compares schedule c mod k, so that every schedule gets its share."""
+    """Configuration c compares schedule c mod k, so that every schedule gets its share (TPE's studies;
+    a grid's configuration c is its point c)."""
     return space.schedules[configuration % len(space.schedules)]
 
 
@@ -66,7 +68,9 @@ class StudySearcher(Searcher):
     = c; its schedule is fixed to schedule c mod k and TPE samples the rest (with ``search.paired``,
     the others of each group of k take the values of its first, so every schedule runs at the same
     values and the comparison is not confounded with them); Tune runs it once per
-    seed. Optuna learns, once every seed has ended: FAIL when any seed diverged or failed (the metric
+    seed. With ``tune.sampler: grid`` configuration c is grid point c (``SearchSpace.grid``), enqueued
+    whole: Optuna records its values (for the trial table and parameter importance) and samples
+    nothing. Optuna learns, once every seed has ended: FAIL when any seed diverged or failed (the metric
     of a diverged trial is a placeholder TPE must not learn from, and a setting that diverges for one
     seed in n is not one to recommend); PRUNED, with the mean over seeds at every completed period as
     its intermediate values, when a seed was stopped early by ASHA or none reported the metric; else
@@ -85,6 +89,7 @@ class StudySearcher(Searcher):
         self.space = space
         self.storage = storage
         self.suggest_space = Suggest(space)
+        self.grid = space.grid() if space.tune.sampler == "grid" else None
         self._study: Any = None
         self.next_configuration = 0
         self.queue: list[tuple[int, int]] = []  # (configuration, seed index) not yet given to a trial
@@ -155,7 +160,11 @@ class StudySearcher(Searcher):
 
     def _fixed_point(self, configuration: int) -> dict[str, Any]:
         """What configuration c has fixed before TPE samples: its schedule and, when the study pairs
-        schedules, the sampled values of the first configuration of its group."""
+        schedules, the sampled values of the first configuration of its group; in a grid, every value."""
+        if self.grid is not None:
+            point = self.grid[configuration]
+            one = len(self.space.schedules) == 1  # the schedule is then no Optuna parameter
+            return {k: v for k, v in point.items() if not (one and k == SCHEDULE_KEY)}
         if len(self.space.schedules) == 1:
             return {}
         schedule = schedule_of(self.space, configuration)
@@ -248,5 +257,5 @@ def trial_params(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def make_searcher(space: SearchSpace, out: Path) -> StudySearcher:
-    """Optuna TPE (its study in DIR/optuna.db) over the planned configurations, each once per seed."""
+    """Optuna (its study in DIR/optuna.db) over the planned configurations, each once per seed."""
     return StudySearcher(space, f"sqlite:///{out / 'optuna.db'}")

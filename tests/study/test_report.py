@@ -330,6 +330,32 @@ def test_pieces_may_differ_in_how_many_trials_ran_at_once(tmp_path, tiny_base):
     assert sorted(merged.results["seed"]) == [0, 1]
 
 
+def test_the_pieces_of_a_grid_study_merge_into_the_whole_grid(tmp_path, tiny_base):
+    """Each piece runs the grid of its schedules (num_samples left out): the merged study is the
+    grid of all of them, whatever the pieces' sizes add up to (pieces by seed repeat a grid)."""
+    whole = tmp_path / "whole"
+    write_study(whole, tiny_base)
+    saved = yaml.safe_load((whole / "study.yaml").read_text())
+    saved["search"]["params"]["schedule.lr"] = {"choice": [0.01, 0.02, 0.04]}
+    saved["tune"] = {"sampler": "grid"}
+    (whole / "study.yaml").write_text(yaml.safe_dump(saved))
+    pieces = split_into_pieces(
+        whole, {"seed0": [("finetune", 0), ("incremental_rollback", 0)], "seed1-ft": [("finetune", 1)]}
+    )
+    for piece in pieces:
+        saved = yaml.safe_load((piece / "study.yaml").read_text())
+        del saved["tune"]["num_samples"]
+        (piece / "study.yaml").write_text(yaml.safe_dump(saved))
+    (merged,) = report.merge_pieces([report.load_study(folder) for folder in pieces])
+    assert "num_samples" not in merged.saved["tune"]
+    configs = merged.trial_configs()  # the merged settings parse: a grid of 3 + 3 configurations
+    assert {trial: c.schedule["lr"] for trial, c in configs.items()} == {
+        "ft0": 0.01,
+        "ir0": 0.02,
+        "ft1": 0.01,
+    }
+
+
 def test_pieces_that_differ_or_overlap_are_one_line_errors(tmp_path, tiny_base, capsys):
     whole = tmp_path / "whole"
     write_study(whole, tiny_base)
@@ -561,6 +587,19 @@ def test_the_verdict_comes_first_with_its_interval_and_the_caveats_say_what_was_
     assert "incremental_rollback 0.02" in text and "finetune 0.01" in text
     # 32 synthetic identities, 6 held out for validation: a random ranking's expectations
     assert "- Chance level of this evaluation split (" in text
+
+
+def test_a_grid_studys_caveat_on_differing_best_values_says_each_is_at_its_best(tmp_path, tiny_base):
+    write_study(tmp_path, tiny_base)
+    study = report.load_study(tmp_path)
+    (tpe,) = report._confounded_hyperparameters(study)
+    assert tpe.endswith("confounded; `search.paired: true` runs every schedule at the same sampled values.")
+    study.saved["tune"] = {"sampler": "grid"}
+    (grid,) = report._confounded_hyperparameters(study)
+    assert grid.startswith("- The schedules were compared at different hyperparameters: `schedule.lr` (")
+    assert grid.endswith(
+        ". Each schedule ran every point of its grid: these are each one's best, not one shared setting."
+    )
 
 
 def test_runs_still_improving_at_their_last_evaluations_are_called_not_converged(tmp_path, tiny_base):

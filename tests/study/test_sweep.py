@@ -448,12 +448,13 @@ def test_trial_summary_keeps_the_peak_gpu_memory_for_choosing_fractions():
 def test_a_study_with_failed_trials_exits_1(tmp_path, tiny_base, monkeypatch, capsys):
     space = tmp_path / "tiny.yaml"
     space.write_text(yaml.safe_dump(tiny_base() | yaml.safe_load(TINY_STUDY)))
-    monkeypatch.setattr(sweep_tuner, "run_study", lambda *args: ["finished", "error", "diverged", "finished"])
+    statuses = ["finished", "error", "diverged", "finished", "diverged", "diverged"]
+    monkeypatch.setattr(sweep_tuner, "run_study", lambda *args: statuses)
     with pytest.raises(SystemExit) as exit_info:
         sweep_cli.main([str(space), "--out", str(tmp_path / "study"), "--set", "wandb.mode=disabled"])
     assert exit_info.value.code == 1
     out = capsys.readouterr().out
-    assert "4 trials: 2 finished, 1 error, 1 diverged" in out
+    assert "6 trials: 2 finished, 1 error, 3 diverged" in out
     assert f"1 trial(s) failed; their errors are in {tmp_path / 'study'}/tune/*/error.txt" in out
 
 
@@ -467,7 +468,8 @@ def test_trial_status():
 
 # ----------------------------------------------------------------------------- one real study
 
-# The tiny run's model, data and train sections (tiny_base) with these.
+# The tiny run's model, data and train sections (tiny_base) with these: a grid (the sweeps of
+# test_sweep_reliability.py run TPE).
 TINY_STUDY = """
 schedule: {name: incremental_rollback, periods: 2, period_epochs: 1}
 wandb: {mode: offline, project: rollback-study-tests}
@@ -476,12 +478,11 @@ search:
   variants:
     keep_B1: {name: block_order, retained: [[], [B1]]}   # Table 1's "Block1"
   seeds: [0, 1]
-  params:
-    schedule.lr: {loguniform: [5.0e-3, 2.0e-2]}
-  when:
-    finetune: {schedule.epochs: 1, schedule.head_lr: 1.0e+6}   # diverges in its first epoch
+  when:   # finetune diverges in its first epoch, at either lr
+    finetune: {schedule.epochs: 1, schedule.head_lr: 1.0e+6, schedule.lr: {choice: [5.0e-3, 2.0e-2]}}
+    keep_B1: {schedule.lr: 1.0e-2}
 tune:
-  num_samples: 2
+  sampler: grid   # finetune at each lr, then keep_B1: 3 configurations x 2 seeds
   max_concurrent: 2
   resources: {cpu: 1, gpu: 0}
   asha: {grace_periods: 1, reduction_factor: 2}
@@ -523,7 +524,7 @@ def _csv(path):
 def test_results_csv_has_one_row_per_trial_with_statuses(study_dir):
     out, _ = study_dir
     rows = _csv(out / "results.csv")
-    assert len(rows) == 4
+    assert len(rows) == 6
     for column in (
         "trial_id",
         "schedule",
@@ -537,8 +538,17 @@ def test_results_csv_has_one_row_per_trial_with_statuses(study_dir):
     for column in ("epochs", "best_val_mAP", "best_val_rank1", "final_val_mAP", "final_val_rank1"):
         assert column in rows[0]
     by_schedule = {s: [r for r in rows if r["schedule"] == s] for s in ("finetune", "keep_B1")}
-    assert sorted(r["seed"] for r in by_schedule["finetune"]) == ["0", "1"]
-    assert sorted(r["seed"] for r in by_schedule["keep_B1"]) == ["0", "1"]
+    # the grid: finetune at each lr, keep_B1 at its one, each once per seed
+    assert sorted((r["schedule.lr"], r["seed"]) for r in by_schedule["finetune"]) == [
+        ("0.005", "0"),
+        ("0.005", "1"),
+        ("0.02", "0"),
+        ("0.02", "1"),
+    ]
+    assert sorted((r["schedule.lr"], r["seed"]) for r in by_schedule["keep_B1"]) == [
+        ("0.01", "0"),
+        ("0.01", "1"),
+    ]
     for row in by_schedule["finetune"]:
         assert row["status"] == "diverged" and row["epochs"] == "0" and row["best_val_mAP"] == ""
         assert row["schedule.head_lr"] == "1000000.0"
@@ -578,18 +588,21 @@ def test_epochs_csv_has_one_row_per_trial_and_epoch(study_dir):
 @pytest.mark.slow
 def test_optuna_db_holds_one_trial_per_configuration(study_dir):
     out, _ = study_dir
+    import optuna
+
     with sqlite3.connect(out / "optuna.db") as db:
-        states = db.execute("SELECT state FROM trials").fetchall()
-        names = db.execute(
-            "SELECT param_value, distribution_json FROM trial_params WHERE param_name = 'schedule.name'"
-        ).fetchall()
         (study_name,) = db.execute("SELECT study_name FROM studies").fetchone()
     assert study_name == "tiny"
-    # finetune's configuration diverged (FAIL: no value for TPE to learn from); the other one completed,
-    # or is PRUNED when ASHA stopped one of its seeds (which depends on the order results arrive in).
+    trials = optuna.load_study(study_name="tiny", storage=f"sqlite:///{out / 'optuna.db'}").get_trials()
+    # finetune's configurations diverged (FAIL: no value to learn from); keep_B1's completed, or is
+    # PRUNED when ASHA stopped one of its seeds (which depends on the order results arrive in).
     stopped = any(r["status"] == "stopped" for r in _csv(out / "results.csv"))
-    assert [s for (s,) in states] == ["FAIL", "PRUNED" if stopped else "COMPLETE"]
-    assert sorted(value for value, _ in names) == [0.0, 1.0]  # category indices: both schedules
+    assert [t.state.name for t in trials] == ["FAIL", "FAIL", "PRUNED" if stopped else "COMPLETE"]
+    assert [t.params for t in trials] == [  # the grid's points, in order, as Optuna recorded them
+        {"schedule.name": "finetune", "schedule.lr": 5.0e-3},
+        {"schedule.name": "finetune", "schedule.lr": 2.0e-2},
+        {"schedule.name": "keep_B1"},
+    ]
 
 
 @pytest.mark.slow
@@ -647,7 +660,7 @@ def test_report_on_the_study(study_dir):
     text = (out / "report.md").read_text()
     assert "| schedule | best val mAP | best val rank-1 |" in text
     assert "| keep_B1 |" in text and "| finetune | – |" in text
-    assert "2 diverged" in text
+    assert "4 diverged" in text
     for name in ("val_mAP.png", "loss.png", "grad_norm.png"):
         data = (out / "plots" / name).read_bytes()
         assert data.startswith(b"\x89PNG") and len(data) > 1000
