@@ -42,6 +42,7 @@ from study.config import RunConfig
 from study.files import (
     atomic_link_or_copy,
     atomic_torch_save,
+    atomic_write_csv,
     atomic_write_json,
     atomic_write_text,
     remove_stale_temporaries,
@@ -271,7 +272,8 @@ class RunPrefixes:
         period_end = bool(state["history"][-1].get("period_end", 0))
         name = run_folder.checkpoint_name(epochs, period_end)
         atomic_torch_save(state, run_dir / run_folder.CHECKPOINTS / name)
-        # the folder now holds this run (its config), so the trainer resumes from that checkpoint
+        # the folder now holds this run as if stopped after those epochs: the trainer resumes from there
+        atomic_write_csv(run_dir / run_folder.METRICS, state["history"])
         atomic_write_text(run_dir / run_folder.CONFIG, yaml.safe_dump(config.to_dict(), sort_keys=False))
         self.taken = {"epochs": epochs, "trained_by": origin["trained_by"]}
         atomic_write_json(run_dir / PREFIX_TAKEN, self.taken)

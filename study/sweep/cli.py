@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> None:
         with study_lock(out):
             remove_stale_temporaries(out)  # of result tables a kill interrupted; under the lock
             print(describe(space))
+            print("\n".join(share_prefixes(space, out)))
             from study.sweep.tuner import run_study  # imports Ray: only once check_installed passed
 
             statuses = run_study(space, out, args.address, restore, mode)
@@ -115,6 +116,26 @@ def describe(space: SearchSpace) -> str:
         f"study {space.name}: {space.num_trials} trials ({space.tune.num_samples} configurations x "
         f"{len(space.seeds)} seeds); {epochs_line}"
     )
+
+
+def share_prefixes(space: SearchSpace, out: Path) -> list[str]:
+    """Which trials of a grid share which first epochs (marked in DIR/prefixes, so whichever runs
+    first saves them for the others), and the epochs that saves; TPE's trials are only known as
+    they start, and share what they find then."""
+    from study.prefixes import PREFIXES, PrefixStore, describe_sharing
+    from study.search_space import SCHEDULE_KEY, SEED_KEY
+
+    if space.tune.sampler != "grid":
+        return ["shared prefixes: taken as trials start (TPE samples configurations one by one)"]
+    configs = {}
+    for number, point in enumerate(space.grid()):
+        schedule = point[SCHEDULE_KEY]
+        fixed = {p.key: p.args[0] for p in space.params_for(schedule) if p.fixed}
+        for seed in space.seeds:
+            name = f"#{number} {schedule}" + (f" seed {seed}" if len(space.seeds) > 1 else "")
+            configs[name] = space.run_config(fixed | point | {SEED_KEY: seed})
+    PrefixStore(out / PREFIXES).want_forks(configs)
+    return describe_sharing(configs)
 
 
 def summary_line(statuses: list[str]) -> str:

@@ -256,13 +256,15 @@ def test_a_checkpoint_with_the_environment_in_its_history_loads_safely(tmp_path,
 SWEEP = {
     "schedule": {"name": "incremental_rollback", "periods": 2, "period_epochs": 1},
     "wandb": {"mode": "disabled"},
-    "search": {"schedules": ["base_cy", "incremental_rollback"], "seeds": [0], "paired": True},
-    "tune": {"num_samples": 2, "max_concurrent": 2, "resources": {"cpu": 1, "gpu": 0}},
+    "search": {"schedules": ["base_cy", "incremental_rollback"], "seeds": [0]},
+    "tune": {"sampler": "grid", "max_concurrent": 2, "resources": {"cpu": 1, "gpu": 0}},
 }
 
 
 @pytest.mark.slow
-def test_runs_planned_alike_repeat_bit_for_bit_within_one_sweep_and_across_two(tmp_path, tiny_base):
+def test_runs_planned_alike_share_their_prefix_in_one_sweep_and_repeat_it_bit_for_bit_in_another(
+    tmp_path, tiny_base, capsys
+):
     import shutil
     import tempfile
 
@@ -276,11 +278,7 @@ def test_runs_planned_alike_repeat_bit_for_bit_within_one_sweep_and_across_two(t
     both, alone = tmp_path / "both.yaml", tmp_path / "alone.yaml"
     both.write_text(yaml.safe_dump(tiny_base() | SWEEP))
     only_rollback = {"schedules": ["incremental_rollback"], "seeds": [0]}
-    alone.write_text(
-        yaml.safe_dump(
-            tiny_base() | SWEEP | {"search": only_rollback, "tune": SWEEP["tune"] | {"num_samples": 1}}
-        )
-    )
+    alone.write_text(yaml.safe_dump(tiny_base() | SWEEP | {"search": only_rollback}))
     ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths have a length limit
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("TMPDIR", str(tmp_path))
@@ -296,14 +294,23 @@ def test_runs_planned_alike_repeat_bit_for_bit_within_one_sweep_and_across_two(t
         epochs = pd.read_csv(tmp_path / folder / "epochs.csv")
         return {schedule: rows.to_dict("records") for schedule, rows in epochs.groupby("schedule")}
 
+    output = capsys.readouterr().out
+    assert "shared prefixes: 3 epochs to train instead of 4 (1 saved, 25 %)" in output
+    assert "  epochs 1-1: #0 base_cy, #1 incremental_rollback" in output
+    trials = pd.read_csv(tmp_path / "both" / "results.csv").set_index("schedule")
+    taker = trials[trials["shared_epochs"] == 1]  # period 1 trained once, by the other trial
+    assert len(taker) == 1 and taker["shared_with"].iloc[0] == trials.drop(taker.index)["trial_id"].iloc[0]
+
     both_runs, alone_runs = runs("both"), runs("alone")
     base_cy, rollback = both_runs["base_cy"], both_runs["incremental_rollback"]
     assert len(base_cy) == len(rollback) == 2
-    assert first_difference(base_cy, rollback, through=1) is None  # period 1, computed concurrently
+    assert first_difference(base_cy, rollback, through=1) is None
     assert first_difference(base_cy, rollback, through=2) == 2
+    # the other sweep trains the rollback alone: the same bits, with or without the shared prefix
     assert first_difference(rollback, alone_runs["incremental_rollback"], through=2) is None
     pairs = "\n".join(report.pairs_section(report.load_study(tmp_path / "both")))
-    assert "_rollback" in pairs and "| 0 | 1 | exactly paired: identical through epoch 1 | same |" in pairs
+    expected = "| 0 | 1 | 1 | exactly paired: epochs 1-1 trained once for both, identical through 1 | same |"
+    assert "_rollback" in pairs and expected in pairs
 
 
 def test_the_drift_table_gives_each_blocks_summed_rate_since_its_reset_and_what_decay_alone_gives(
