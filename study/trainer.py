@@ -529,10 +529,15 @@ def epoch_line(record: dict[str, Any], history: list[dict[str, Any]], total: int
     if f"{prefix}_mAP" in record:
         mAP, rank1 = record[f"{prefix}_mAP"] * 100, record[f"{prefix}_rank1"] * 100
         line += f"; {prefix} mAP {mAP:.2f} %, rank-1 {rank1:.2f} %"
-    return line + (f"; ETA {_duration(left)}" if record["epoch"] < total else "")
+    return line + (f"; ETA {duration(left)}" if record["epoch"] < total else "")
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
+    """``3 h 10 min``, ``12 min``; under a minute ``1 min``.
+
+    >>> duration(11_400), duration(30)
+    ('3 h 10 min', '1 min')
+    """
     minutes = round(seconds / 60)
     return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{max(minutes, 1)} min"
 

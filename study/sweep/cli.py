@@ -12,6 +12,7 @@ from study.errors import UserError, cli
 from study.files import check_output_folder, remove_stale_temporaries
 from study.search_space import (
     SCHEDULE_KEY,
+    SEED_KEY,
     SearchSpace,
     load_search_space,
 )
@@ -42,6 +43,9 @@ def main(argv: list[str] | None = None) -> None:
         "--address", help="join this Ray cluster (e.g. auto, or HOST:6379) instead of starting a local one"
     )
     parser.add_argument("--resume", action="store_true", help="continue the study in --out")
+    parser.add_argument(
+        "--verbose", action="store_true", help="also print Ray Tune's status table (every 30 s)"
+    )
     args = parser.parse_args(argv)
 
     space = load_search_space(args.search_space, args.set)
@@ -60,10 +64,11 @@ def main(argv: list[str] | None = None) -> None:
         with study_lock(out):
             remove_stale_temporaries(out)  # of result tables a kill interrupted; under the lock
             print(describe(space))
-            print("\n".join(share_prefixes(space, out)))
+            sharing, planned_epochs = share_prefixes(space, out)
+            print("\n".join(sharing))
             from study.sweep.tuner import run_study  # imports Ray: only once check_installed passed
 
-            statuses = run_study(space, out, args.address, restore, mode)
+            statuses = run_study(space, out, args.address, restore, mode, planned_epochs, args.verbose)
     except UserError:
         if fresh:  # refused before any trial (a cluster short of resources): leave no empty folder
             with contextlib.suppress(OSError):
@@ -97,13 +102,8 @@ def describe(space: SearchSpace) -> str:
     grid ``study grid: a grid of 4 configurations (finetune 1, base_cy 3) x 2 seeds = 8 trials; ...``."""
     epochs = []
     for schedule in space.schedules:
-        data = space.base_for(schedule)
-        for param in space.params_for(schedule):
-            if param.fixed:
-                set_dotted(data, param.key, param.args[0])
         tuned = any(not p.fixed and p.schedule_param for p in space.params_for(schedule))
-        total = config_from_dict(data).built_schedule.total_epochs
-        epochs.append(f"{schedule} {total}{' at the base values' if tuned else ''}")
+        epochs.append(f"{schedule} {epochs_of(space, schedule)}{' at the base values' if tuned else ''}")
     epochs_line = f"epochs per trial: {', '.join(epochs)}"
     if space.tune.sampler == "grid":
         schedules = [point[SCHEDULE_KEY] for point in space.grid()]
@@ -118,15 +118,26 @@ def describe(space: SearchSpace) -> str:
     )
 
 
-def share_prefixes(space: SearchSpace, out: Path) -> list[str]:
+def epochs_of(space: SearchSpace, schedule: str) -> int:
+    """The epochs of a trial of ``schedule`` at its fixed and base values."""
+    data = space.base_for(schedule)
+    for param in space.params_for(schedule):
+        if param.fixed:
+            set_dotted(data, param.key, param.args[0])
+    return config_from_dict(data).built_schedule.total_epochs
+
+
+def share_prefixes(space: SearchSpace, out: Path) -> tuple[list[str], int]:
     """Which trials of a grid share which first epochs (marked in DIR/prefixes, so whichever runs
-    first saves them for the others), and the epochs that saves; TPE's trials are only known as
-    they start, and share what they find then."""
-    from study.prefixes import PREFIXES, PrefixStore, describe_sharing
-    from study.search_space import SCHEDULE_KEY, SEED_KEY
+    first saves them for the others), and the epochs left to train; TPE's trials are only known as
+    they start, and share what they find then (the epochs: every trial's at the base values)."""
+    from study.prefixes import PREFIXES, PrefixStore, describe_sharing, epochs_saved, prefix_keys
 
     if space.tune.sampler != "grid":
-        return ["shared prefixes: taken as trials start (TPE samples configurations one by one)"]
+        schedules = space.schedules  # configuration c compares schedule c mod k
+        planned = sum(epochs_of(space, schedules[c % len(schedules)]) for c in range(space.tune.num_samples))
+        lines = ["shared prefixes: taken as trials start (TPE samples configurations one by one)"]
+        return lines, planned * len(space.seeds)
     configs = {}
     for number, point in enumerate(space.grid()):
         schedule = point[SCHEDULE_KEY]
@@ -135,7 +146,9 @@ def share_prefixes(space: SearchSpace, out: Path) -> list[str]:
             name = f"#{number} {schedule}" + (f" seed {seed}" if len(space.seeds) > 1 else "")
             configs[name] = space.run_config(fixed | point | {SEED_KEY: seed})
     PrefixStore(out / PREFIXES).want_forks(configs)
-    return describe_sharing(configs)
+    chains = {name: prefix_keys(config) for name, config in configs.items()}
+    trained, _ = epochs_saved(chains, {n: c.built_schedule.total_epochs for n, c in configs.items()})
+    return describe_sharing(configs), trained
 
 
 def summary_line(statuses: list[str]) -> str:

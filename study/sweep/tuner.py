@@ -18,6 +18,7 @@ from study.search_space import (
     SearchSpace,
 )
 from study.sweep.preflight import EXPERIMENT, check_resources
+from study.sweep.progress import StudyProgress
 from study.sweep.ray_private import quiet_restore_hint, quiet_token_notice
 from study.sweep.searcher import make_searcher
 from study.sweep.tables import StudyRecorder
@@ -29,8 +30,19 @@ ASHA_MAX_PERIODS = 1000
 TRIAL_RETRIES = 2  # restarts of a failed trial (a lost node, a killed worker) before it counts as an error
 
 
-def run_study(space: SearchSpace, out: Path, address: str | None, restore: bool, mode: str) -> list[str]:
-    """Start or join Ray, run (or restore) the Tuner, and return every trial's status."""
+def run_study(
+    space: SearchSpace,
+    out: Path,
+    address: str | None,
+    restore: bool,
+    mode: str,
+    planned_epochs: int = 0,
+    verbose: bool = False,
+) -> list[str]:
+    """Start or join Ray, run (or restore) the Tuner, and return every trial's status.
+
+    The console shows the study's progress line (``study.sweep.progress``); ``verbose`` adds Tune's
+    status table."""
     import ray
 
     started = not ray.is_initialized()
@@ -39,7 +51,7 @@ def run_study(space: SearchSpace, out: Path, address: str | None, restore: bool,
         init_ray(address, scratch)
     try:
         check_resources(space.tune, [node["Resources"] for node in ray.nodes() if node["Alive"]])
-        tuner = make_tuner(space, out, mode, restore)
+        tuner = make_tuner(space, out, mode, restore, planned_epochs, verbose)
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the CLIReporter table instead of Ray's new output
         # Keeping one checkpoint per trial snapshots the experiment at every period end; that is intended.
         os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -102,8 +114,10 @@ def init_ray(address: str | None, scratch: Path) -> None:
         raise
 
 
-def make_tuner(space: SearchSpace, out: Path, mode: str, restore: bool) -> Any:
-    """A new Tuner (StudySearcher, ASHA on periods, W&B and the tables), or the restored one."""
+def make_tuner(
+    space: SearchSpace, out: Path, mode: str, restore: bool, planned_epochs: int = 0, verbose: bool = False
+) -> Any:
+    """A new Tuner (StudySearcher, ASHA on periods, W&B, the tables, the progress line), or a restored one."""
     from ray import tune
 
     context = TrialContext(space, str(out))
@@ -129,12 +143,12 @@ def make_tuner(space: SearchSpace, out: Path, mode: str, restore: bool) -> Any:
         run_config=tune.RunConfig(
             name=EXPERIMENT,
             storage_path=str(out),
-            callbacks=make_callbacks(space, out, mode),
-            progress_reporter=make_reporter(space),
+            callbacks=[*make_callbacks(space, out, mode), StudyProgress(space, planned_epochs)],
+            progress_reporter=make_reporter(space) if verbose else None,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             # A trial whose node is lost (or that fails) restarts from its last checkpoint.
             failure_config=tune.FailureConfig(max_failures=TRIAL_RETRIES),
-            verbose=1,
+            verbose=1 if verbose else 0,  # 0: Tune prints no status table, only what goes wrong
         ),
     )
 
@@ -163,12 +177,15 @@ def make_scheduler(space: SearchSpace) -> Any:
 
 
 def make_reporter(space: SearchSpace) -> Any:
-    """Ray's CLIReporter with the schedule, the tuned values, epoch, periods, metric and loss."""
+    """Ray's CLIReporter with the schedule, the tuned values every schedule has (Ray fails on a
+    column one trial lacks), epoch, periods, metric and loss."""
     from ray.tune import CLIReporter
 
+    held_by_all = set.intersection(*({p.key for p in space.params_for(s)} for s in space.schedules))
     parameters = {
         key: "schedule" if key == SCHEDULE_KEY else key.removeprefix("schedule.")
         for key in space.tuned_keys()
+        if key == SCHEDULE_KEY or key in held_by_all
     }
     if len(space.seeds) > 1:
         parameters[SEED_KEY] = "seed"

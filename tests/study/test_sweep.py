@@ -684,7 +684,7 @@ def test_the_resume_hint_of_an_interrupted_study_continues_it(tmp_path, tiny_bas
     out = tmp_path / "study"
     statuses = iter([["finished", "interrupted"], ["finished"] * 4])
 
-    def run_study(space, out, address, restore, mode):
+    def run_study(space, out, address, restore, mode, *console):
         marker = yaml.safe_dump({"_name": space.name, **space.source})
         (out / "study.yaml").write_text(marker)  # as the Tuner's start does
         return next(statuses)
