@@ -161,6 +161,17 @@ def load_weights(net: nn.Module, config: ModelConfig) -> None:
         _load_into(net, _read_weights_file(Path(source)), source)
 
 
+def ensure_weights(config: ModelConfig) -> None:
+    """Fetch or read the configured weights once, as building the model will: ImageNet weights land
+    in torch's cache (the sweep calls this before its trials, which then read them from there)."""
+    if config.weights == "imagenet":
+        _imagenet_state_dict(config.backbone)
+    elif config.weights == "packaged":
+        load_weights(torchvision.models.mobilenet_v2(), config)
+    elif config.weights != "none":
+        _read_weights_file(Path(config.weights))
+
+
 def _load_into(net: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
     state = {k.removeprefix("module."): v for k, v in state.items()}
     own = net.state_dict()

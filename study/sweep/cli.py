@@ -9,21 +9,14 @@ from pathlib import Path
 
 from study.config import config_from_dict, set_dotted
 from study.errors import UserError, cli
-from study.files import check_output_folder, remove_stale_temporaries
+from study.files import remove_stale_temporaries
 from study.search_space import (
     SCHEDULE_KEY,
     SEED_KEY,
     SearchSpace,
     load_search_space,
 )
-from study.sweep.preflight import (
-    LOCK,
-    check_data,
-    check_installed,
-    check_ray,
-    check_study_dir,
-    study_lock,
-)
+from study.sweep.preflight import LOCK, preflight, study_lock
 from study.sweep.wandb_mode import wandb_mode, wandb_notice
 
 
@@ -51,12 +44,8 @@ def main(argv: list[str] | None = None) -> None:
     space = load_search_space(args.search_space, args.set)
     base = config_from_dict(space.base)
     mode = wandb_mode(base.wandb.mode)
-    check_installed(mode)
     out = Path(args.out or Path("runs") / space.name).resolve()
-    check_output_folder(out)
-    restore = check_study_dir(out, space, args.resume)
-    check_ray(args.address, space.tune)
-    check_data(base)
+    restore = preflight(space, base, out, args.address, args.resume, mode)  # every problem, in one message
     if notice := wandb_notice(base.wandb.mode, mode, out):
         print(notice)
     fresh = not out.exists()

@@ -10,9 +10,11 @@ import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from study.config import RunConfig, read_yaml
 from study.errors import UserError
+from study.files import check_output_folder
 from study.search_space import (
     SearchSpace,
     TuneSettings,
@@ -23,6 +25,45 @@ LOCK = ".lock"  # held by the sweep running in a study folder
 # How long a Ray address may take to accept a connection before it counts as unreachable.
 ADDRESS_TIMEOUT_S = 5.0
 RAY_CLIENT_PORT = 10001
+
+
+def preflight(
+    space: SearchSpace, base: RunConfig, out: Path, address: str | None, resume: bool, wandb_mode: str
+) -> bool:
+    """Every check a study needs before Ray starts, all of them: one UserError listing every problem
+    (what is installed, the study folder, Ray and its resources, the data set, the backbone's
+    weights). Returns whether Ray can restore the study in ``out``."""
+    problems: list[str] = []
+
+    def attempt(check: Any, *args: Any) -> tuple[Any, bool]:
+        try:
+            return check(*args), True
+        except UserError as error:
+            problems.append(str(error))
+            return None, False
+
+    _, installed = attempt(check_installed, wandb_mode)
+    _, usable = attempt(check_output_folder, out)
+    restore = attempt(check_study_dir, out, space, resume)[0] if usable else False
+    if installed:  # Ray is there to ask
+        attempt(check_ray, address, space.tune)
+    attempt(check_data, base)
+    attempt(check_weights, base)
+    if len(problems) > 1:
+        listed = "\n".join(f"- {problem}" for problem in problems)
+        raise UserError(f"{len(problems)} problems; the study starts once they are fixed:\n{listed}")
+    if problems:
+        raise UserError(problems[0])
+    return bool(restore)
+
+
+def check_weights(config: RunConfig) -> None:
+    """The backbone's weights are there before any trial needs them: torchvision's ImageNet weights
+    fetched once into torch's cache now (every trial would fail offline), a file readable, the
+    packaged ones installed."""
+    from study.models import ensure_weights
+
+    ensure_weights(config.model)
 
 
 def check_installed(wandb_mode: str) -> None:

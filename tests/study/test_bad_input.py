@@ -538,7 +538,7 @@ def test_resources_a_cluster_lacks_leave_no_study_folder(space_file, tmp_path, m
 
     import ray
 
-    monkeypatch.setattr(sweep_cli, "check_ray", lambda address, tune: None)
+    monkeypatch.setattr(sweep_preflight, "check_ray", lambda address, tune: None)
     monkeypatch.setattr(sweep_tuner, "init_ray", joined)
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True, "Resources": {"CPU": 2.0}}])  # the cluster

@@ -340,6 +340,28 @@ def test_cli_exits_2_with_one_line(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_every_problem_before_ray_starts_is_reported_at_once(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    space = copy.deepcopy(VALID)
+    space["data"] = {"root": str(tmp_path / "Market-1501")}  # not there
+    space["model"] = {"backbone": "resnet18", "weights": str(tmp_path / "resnet18.pth")}  # not there
+    space["tune"]["resources"] = {"cpu": 10_000, "gpu": 0}  # no machine has that
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(space))
+    with pytest.raises(SystemExit) as exit_info:
+        sweep_cli.main([str(path), "--out", str(tmp_path / "out"), "--resume"])
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == "error: 4 problems; the study starts once they are fixed:"
+    assert [line.split(" ")[1] for line in lines[1:]] == [
+        f"{tmp_path / 'out'}",  # holds no study to resume
+        "tune.resources.cpu=10000",
+        "data.root",
+        "model.weights",
+    ]
+    assert not (tmp_path / "out").exists()
+
+
 def test_study_folder_is_refused_unless_resuming_the_same_study(tmp_path):
     space = search_space.parse_search_space(copy.deepcopy(VALID), "ok")
     with pytest.raises(UserError, match="holds no study to resume"):
