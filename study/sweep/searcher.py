@@ -70,11 +70,13 @@ class StudySearcher(Searcher):
     values and the comparison is not confounded with them); Tune runs it once per
     seed. With ``tune.sampler: grid`` configuration c is grid point c (``SearchSpace.grid``), enqueued
     whole: Optuna records its values (for the trial table and parameter importance) and samples
-    nothing. Optuna learns, once every seed has ended: FAIL when any seed diverged or failed (the metric
-    of a diverged trial is a placeholder TPE must not learn from, and a setting that diverges for one
-    seed in n is not one to recommend); PRUNED, with the mean over seeds at every completed period as
-    its intermediate values, when a seed was stopped early by ASHA or none reported the metric; else
-    the mean over the seeds of their last reported metric.
+    nothing. Every validation is an intermediate value of its configuration (the mean over the seeds
+    at that epoch, once every seed reached it; each seed's curve is a user attribute), so Optuna's
+    dashboard draws the curves of a running study. Optuna learns, once every seed has ended: FAIL
+    when any seed diverged or failed (the metric of a diverged trial is a placeholder TPE must not
+    learn from, and a setting that diverges for one seed in n is not one to recommend); PRUNED (the
+    epochs only some seeds reached are intermediate values too) when a seed was stopped early by
+    ASHA or none reported the metric; else the mean over the seeds of their last reported metric.
 
     optuna.db is written at once, Tune's snapshot (with this searcher's state) every few seconds: a
     kill in between leaves Optuna trials the snapshot never saw. A resumed study adopts them for the
@@ -96,7 +98,9 @@ class StudySearcher(Searcher):
         self.configs: dict[int, dict[str, Any]] = {}  # configuration -> its sampled and fixed values
         self.optuna_numbers: dict[int, int] = {}  # configuration -> Optuna trial number
         self.trials: dict[str, tuple[int, int]] = {}  # Tune trial id -> (configuration, seed index)
-        self.periods: dict[int, dict[int, dict[int, float]]] = {}  # configuration -> seed -> period -> metric
+        self.validations: dict[
+            int, dict[int, dict[int, float]]
+        ] = {}  # configuration -> seed -> epoch -> metric
         self.outcomes: dict[int, dict[int, SeedOutcome]] = {}
 
     @property
@@ -176,13 +180,17 @@ class StudySearcher(Searcher):
         return point
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
+        """Every validation of a seed; once every seed has validated an epoch, their mean is the
+        configuration's intermediate value at that epoch (Optuna's dashboard draws the curves)."""
         configuration, seed = self._locate(trial_id, result)
-        done = result.get("periods_done", 0)
-        if result.get("validated") and done > 0 and self.metric in result:
-            # The first validated epoch of each completed-period count is that period's end.
-            self.periods.setdefault(configuration, {}).setdefault(seed, {}).setdefault(
-                done, result[self.metric]
-            )
+        if not (result.get("validated") and self.metric in result and "epoch" in result):
+            return
+        epoch = result["epoch"]
+        seeds = self.validations.setdefault(configuration, {})
+        seeds.setdefault(seed, {})[epoch] = result[self.metric]
+        values = [by_epoch[epoch] for by_epoch in seeds.values() if epoch in by_epoch]
+        if len(values) == len(self.space.seeds):
+            self._report(configuration, {epoch: values})
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         result = result or {}
@@ -203,6 +211,11 @@ class StudySearcher(Searcher):
         frozen = self.study.get_trials(deepcopy=False)[number]
         if frozen.state.is_finished():  # told before a kill that Tune's snapshot did not see
             return
+        by_epoch: dict[int, list[float]] = {}  # with the epochs not every seed reached (one stopped early)
+        for seed_values in self.validations.get(configuration, {}).values():
+            for epoch, value in seed_values.items():
+                by_epoch.setdefault(epoch, []).append(value)
+        self._report(configuration, by_epoch)
         if any(o.failed for o in outcomes):
             self.study.tell(number, state=optuna.trial.TrialState.FAIL)
             return
@@ -210,15 +223,23 @@ class StudySearcher(Searcher):
         if values and not any(o.stopped for o in outcomes):
             self.study.tell(number, sum(values) / len(values))
             return
-        trial = optuna.trial.Trial(self.study, frozen._trial_id)
-        by_period: dict[int, list[float]] = {}
-        for periods in self.periods.get(configuration, {}).values():
-            for period, metric in periods.items():
-                by_period.setdefault(period, []).append(metric)
-        for period, metrics in sorted(by_period.items()):
-            if period not in frozen.intermediate_values:
-                trial.report(sum(metrics) / len(metrics), period)
         self.study.tell(number, state=optuna.trial.TrialState.PRUNED)
+
+    def _report(self, configuration: int, by_epoch: dict[int, list[float]]) -> None:
+        """Report the mean over seeds at each epoch not reported yet; each seed's curve as a user attr."""
+        import optuna
+
+        number = self.optuna_numbers[configuration]
+        frozen = self.study.get_trials(deepcopy=False)[number]
+        if frozen.state.is_finished():
+            return
+        trial = optuna.trial.Trial(self.study, frozen._trial_id)
+        for epoch, values in sorted(by_epoch.items()):
+            if epoch not in frozen.intermediate_values:
+                trial.report(sum(values) / len(values), epoch)
+        for seed, values in self.validations.get(configuration, {}).items():
+            curve = {str(epoch): value for epoch, value in sorted(values.items())}
+            trial.set_user_attr(f"{self.metric} seed {self.space.seeds[seed]}", curve)
 
     def _locate(self, trial_id: str, result: dict) -> tuple[int, int]:
         """The (configuration, seed index) of a trial; from its config when Tune's snapshot is newer."""
@@ -230,14 +251,14 @@ class StudySearcher(Searcher):
                 self.queue.remove(located)
         return self.trials[trial_id]
 
-    STATE = ("next_configuration", "queue", "configs", "optuna_numbers", "trials", "periods", "outcomes")
+    STATE = ("next_configuration", "queue", "configs", "optuna_numbers", "trials", "validations", "outcomes")
 
     def get_state(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.STATE}
 
     def set_state(self, state: dict[str, Any]) -> None:
         for name in self.STATE:
-            setattr(self, name, state[name])
+            setattr(self, name, state.get(name, getattr(self, name)))  # a study from before a name existed
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as file:

@@ -625,6 +625,14 @@ def test_optuna_db_holds_one_trial_per_configuration(study_dir):
         {"schedule.name": "finetune", "schedule.lr": 2.0e-2},
         {"schedule.name": "keep_B1"},
     ]
+    # every validated epoch is an intermediate value: the mean over the seeds that reached it
+    keep_b1 = [r for r in _csv(out / "epochs.csv") if r["schedule"] == "keep_B1" and r["validated"] == "True"]
+    by_epoch = {}
+    for row in keep_b1:
+        by_epoch.setdefault(int(row["epoch"]), []).append(float(row["val_mAP"]))
+    expected = {epoch: pytest.approx(sum(v) / len(v)) for epoch, v in by_epoch.items()}
+    assert by_epoch and trials[2].intermediate_values == expected
+    assert {"val_mAP seed 0", "val_mAP seed 1"} <= set(trials[2].user_attrs)
 
 
 @pytest.mark.slow

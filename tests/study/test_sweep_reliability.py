@@ -506,7 +506,7 @@ def seeds_space(tiny_base, num_samples: int, schedules: list[str] | None = None)
 
 def test_optuna_learns_fail_complete_or_pruned_once_every_seed_of_a_configuration_ended(tmp_path, tiny_base):
     """FAIL for a diverged or errored seed; the mean when all finished; PRUNED (with the mean at every
-    completed period as intermediate values) when ASHA stopped a seed early or none reported a value."""
+    validated epoch as intermediate values) when ASHA stopped a seed early or none reported a value."""
     space = seeds_space(tiny_base, 6)
     searcher = sweep_searcher.make_searcher(space, tmp_path)
     ok, diverged = {"val_mAP": 0.25, "epoch": 2, "epochs_planned": 2}, {"val_mAP": 0.0, "diverged": True}
@@ -526,8 +526,8 @@ def test_optuna_learns_fail_complete_or_pruned_once_every_seed_of_a_configuratio
         assert configs[0]["schedule.lr"] == configs[1]["schedule.lr"]  # one configuration, two seeds
         if name == "asha_stopped":  # period 1 ends at epoch 1 for both seeds; only the second reaches 2
             for trial_id, value in zip(ids, (0.5, 0.1), strict=True):
-                searcher.on_trial_result(trial_id, {"val_mAP": value, "validated": True, "periods_done": 1})
-            searcher.on_trial_result(ids[1], {"val_mAP": 0.25, "validated": True, "periods_done": 2})
+                searcher.on_trial_result(trial_id, {"val_mAP": value, "validated": True, "epoch": 1})
+            searcher.on_trial_result(ids[1], {"val_mAP": 0.25, "validated": True, "epoch": 2})
         for trial_id, end in zip(ids, ends, strict=True):
             searcher.on_trial_complete(trial_id, **end)
     assert searcher.suggest("one-too-many") == sweep_searcher.Searcher.FINISHED
@@ -541,6 +541,7 @@ def test_optuna_learns_fail_complete_or_pruned_once_every_seed_of_a_configuratio
         ("PRUNED", None),
     ]
     assert trials[4].intermediate_values == {1: pytest.approx(0.3), 2: 0.25}
+    assert trials[4].user_attrs["val_mAP seed 1"] == {"1": 0.1, "2": 0.25}  # each seed's curve
     assert [t.user_attrs["configuration"] for t in trials] == list(range(6))
 
 
