@@ -15,7 +15,7 @@ from study.search_space import (
     SCHEDULE_KEY,
     SearchSpace,
 )
-from study.sweep.searcher import trial_params
+from study.sweep.searcher import CONFIGURATION_KEY, trial_params
 
 # Tune's bookkeeping, not the trial's measurements.
 WANDB_SKIPPED = {
@@ -33,10 +33,14 @@ WANDB_SKIPPED = {
 class StudyWandb(Callback):
     """W&B logging from the driver: one run per trial, grouped by study, tagged with its schedule.
 
-    The run's config is the trial's sampled dict (flat dotted keys and ``train.seed``); every reported
-    epoch is logged. Each run has a thread of its own, so Tune's loop never waits on W&B, and the API
-    key stays in this process's environment (Ray's own W&B logger hands it to an actor through a
-    runtime environment, which Ray writes to its logs). Runs are in DIR/wandb.
+    The run's config is the trial's whole run config (nested: W&B shows ``schedule.lr``,
+    ``train.seed``, ``model.backbone``), with ``label`` (the schedule or variant compared),
+    ``configuration`` and ``study``; every reported epoch is logged (``epoch``, ``period``,
+    ``period_end`` mark the period boundaries), and each run's summary holds its last values and
+    the best so far (``best_val_mAP``, ``best_epoch``). Each run has a thread of its own, so Tune's
+    loop never waits on W&B, and the API key stays in this process's environment (Ray's own W&B
+    logger hands it to an actor through a runtime environment, which Ray writes to its logs). Runs
+    are in DIR/wandb.
     """
 
     def __init__(self, space: SearchSpace, out: Path, mode: str):
@@ -51,6 +55,13 @@ class StudyWandb(Callback):
             return
         sampled = trial_params(trial.config)
         schedule = sampled.get(SCHEDULE_KEY, self.space.schedules[0])
+        # the whole run config (model, data, schedule, train), as W&B shows nested keys: schedule.lr
+        config = {
+            "label": schedule,  # the schedule or variant compared: group by it
+            "configuration": trial.config.get(CONFIGURATION_KEY),
+            "study": self.space.name,
+            **self.space.run_config(sampled).to_dict(),
+        }
         self.runs[trial.trial_id] = WandbRun(
             project=self.settings.project,
             entity=self.settings.entity,
@@ -59,7 +70,7 @@ class StudyWandb(Callback):
             id=trial.trial_id,
             name=f"{schedule}-{trial.trial_id}",
             tags=[schedule, *self.settings.tags],
-            config=sampled,
+            config=config,
             dir=str(self.out),
             mode=self.mode,
             resume="allow",

@@ -643,10 +643,14 @@ def test_wandb_offline_runs_hold_each_trials_config(study_dir):
     assert set(runs) == {r["trial_id"] for r in results}
     for row in results:
         log = (runs[row["trial_id"]] / f"run-{row['trial_id']}.wandb").read_bytes()
-        texts = (
-            "schedule.name",
+        config = yaml.safe_load((out / "trials" / row["trial_id"] / "config.yaml").read_text())
+        texts = (  # the whole run config, its sections as JSON, with the label compared and the seed
+            "label",
             f'"{row["schedule"]}"',
-            "train.seed",
+            f'"name":"{config["schedule"]["name"]}"',
+            f'"seed":{row["seed"]}',
+            '"backbone":"mobilenet_v2"',
+            '"val_identities":6',
             "rollback-study-tests",
             "tiny",
             "val_mAP",
@@ -654,6 +658,7 @@ def test_wandb_offline_runs_hold_each_trials_config(study_dir):
         for text in texts:
             assert text.encode() in log
         assert b"__trial_index__" not in log
+        assert (b"period_end" in log) == (row["status"] != "diverged")  # period boundaries, per epoch
 
 
 @pytest.mark.slow
