@@ -108,8 +108,9 @@ class TrainConfig:
     eval_batch_size: int = 256
     flip_test: bool = True
     distance: Literal["euclidean", "cosine"] = "euclidean"
-    # Also checkpoint every N epochs inside a period (0: period ends and the end only).
-    checkpoint_every: int = 0
+    # Also checkpoint every N epochs inside a period (0: period ends and the end only): a kill or a
+    # stopped sweep loses at most N epochs of a long period.
+    checkpoint_every: int = 5
     progress: bool = True
     # Regularizers of any schedule (study/regularizers.py); 0 turns each off.
     # L2-SP: pull every block toward its pre-trained weights, alpha/2 * ||theta - theta0||^2 (not the head).
