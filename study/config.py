@@ -21,6 +21,7 @@ import yaml
 
 from schedules import Schedule, ScheduleError, build_schedule, schedule_class
 from schedules.values import convert_value as check_value
+from study.backbones import BACKBONES
 from study.errors import UserError, closest, unknown
 
 
@@ -451,8 +452,6 @@ def _check_values(config: RunConfig) -> None:
     _check_sampler(config.data, config.train.batch_size)
     if not 0 <= config.model.dropout < 1:
         raise UserError(f"model.dropout must be in [0, 1), got {config.model.dropout}")
-    from study.models import BACKBONES
-
     if config.model.backbone not in BACKBONES:
         raise unknown("backbone", config.model.backbone, BACKBONES)
     if config.model.last_stride not in (1, 2):
