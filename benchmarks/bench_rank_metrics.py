@@ -1,4 +1,4 @@
-"""Time study.metrics.rank_metrics against a per-query NumPy loop on a Market-1501-sized problem.
+"""Time study.evaluate.metrics.rank_metrics against a per-query NumPy loop on a Market-1501-sized problem.
 
     python -m benchmarks.bench_rank_metrics            # 3,368 queries x 15,913 gallery, 2,048-d
     python -m benchmarks.bench_rank_metrics --small    # 500 x 2,000, for a quick run
@@ -17,8 +17,8 @@ import time
 import numpy as np
 import torch
 
-from study import metrics
-from study.metrics import pairwise_distance, rank_metrics
+from study.evaluate import metrics
+from study.evaluate.metrics import pairwise_distance, rank_metrics
 
 MARKET = {"queries": 3368, "gallery": 15913, "dim": 2048, "identities": 751, "cameras": 6}
 SMALL = {"queries": 500, "gallery": 2000, "dim": 256, "identities": 100, "cameras": 6}

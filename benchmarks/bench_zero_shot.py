@@ -16,7 +16,7 @@ import torch
 from study.config import ModelConfig
 from study.data import decode_images, read_dataset
 from study.data.images import ImageSet
-from study.evaluate import evaluate
+from study.evaluate.features import evaluate
 from study.models import build_model
 
 

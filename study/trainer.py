@@ -402,7 +402,7 @@ def evaluate_model(
     model: ReIDNet, data: ReIDData, config: RunConfig, device: torch.device
 ) -> dict[str, float]:
     """mAP, CMC and mINP on the validation split (``val_*``) or the test set (``test_*``)."""
-    from study.evaluate import evaluate
+    from study.evaluate.features import evaluate
 
     metrics = evaluate(
         model,

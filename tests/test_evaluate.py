@@ -10,13 +10,15 @@ import torch
 from PIL import Image
 from torch import nn
 
-from study import reranking
 from study.config import config_from_dict
 from study.data import IMAGENET_MEAN, IMAGENET_STD, ImageSet, decode_images, normalize
-from study.evaluate import evaluate, extract_features, main, model_from_checkpoint, num_classes_of
-from study.metrics import pairwise_distance, rank_metrics
+from study.evaluate import reranking
+from study.evaluate.checkpoint import model_from_checkpoint, num_classes_of
+from study.evaluate.cli import main
+from study.evaluate.features import evaluate, extract_features
+from study.evaluate.metrics import pairwise_distance, rank_metrics
+from study.evaluate.reranking import k_reciprocal_rerank
 from study.models import build_model
-from study.reranking import k_reciprocal_rerank
 
 
 @pytest.fixture(autouse=True, scope="module")

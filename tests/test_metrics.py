@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from study import metrics
 from study.errors import UserError
-from study.metrics import pairwise_distance, rank_metrics
+from study.evaluate import metrics
+from study.evaluate.metrics import pairwise_distance, rank_metrics
 
 
 def reference_metrics(dist, q_pids, g_pids, q_camids, g_camids, max_rank):

@@ -205,14 +205,14 @@ def write_paired_study(folder, tiny_base):
 
 
 def test_the_report_calls_pairs_exact_paired_or_seed_matched_and_flags_mixed_threads(tmp_path, tiny_base):
-    from study import report
+    from study.report import loading, statistics, tables
 
     write_paired_study(tmp_path, tiny_base)
-    study = report.load_study(tmp_path)
-    verdict = "\n".join(report.verdict(study))
+    study = loading.load_study(tmp_path)
+    verdict = "\n".join(tables.verdict(study))
     assert "**incremental_rollback**" in verdict and "paired (same seeds, same environment)" in verdict
     assert "**base_cy**" in verdict and "not exactly paired: seed 1: threads 2 vs 1" in verdict
-    pairs = "\n".join(report.pairs_section(study))
+    pairs = "\n".join(tables.pairs_section(study))
     assert "1 of 2 such pairs do" in pairs
     assert (
         "| incremental_rollback / base_cy | 0 | 1 | – | exactly paired: identical through epoch 1 | same |"
@@ -222,25 +222,25 @@ def test_the_report_calls_pairs_exact_paired_or_seed_matched_and_flags_mixed_thr
         "| 1 | 1 | – | not paired: numbers differ from epoch 1 (planned alike through 1) | threads 1 vs 2 |"
         in pairs
     )
-    caveats = "\n".join(report.caveats(study))
+    caveats = "\n".join(statistics.caveats(study))
     assert "ran in different environments: `threads` 1 (5 trials), 2 (1 trials)" in caveats
 
 
 def test_a_study_that_recorded_no_environment_is_unverified_unless_its_numbers_agree(tmp_path, tiny_base):
     import pandas as pd
 
-    from study import report
+    from study.report import loading, statistics, tables
 
     write_paired_study(tmp_path, tiny_base)
     results = pd.read_csv(tmp_path / "results.csv").drop(columns=list(HERE))
     results.to_csv(tmp_path / "results.csv", index=False)
-    study = report.load_study(tmp_path)
-    verdict = "\n".join(report.verdict(study))
+    study = loading.load_study(tmp_path)
+    verdict = "\n".join(tables.verdict(study))
     assert "**incremental_rollback**" in verdict and "pairing unverified: no environment recorded" in verdict
     assert "exactly paired: identical through epoch 1 | not recorded |" in "\n".join(
-        report.pairs_section(study)
+        tables.pairs_section(study)
     )
-    assert "No trial recorded its environment" in "\n".join(report.caveats(study))
+    assert "No trial recorded its environment" in "\n".join(statistics.caveats(study))
 
 
 def test_a_checkpoint_with_the_environment_in_its_history_loads_safely(tmp_path, tiny_config):
@@ -273,7 +273,7 @@ def test_runs_planned_alike_share_their_prefix_in_one_sweep_and_repeat_it_bit_fo
     import yaml
 
     import study.sweep.cli as sweep_cli
-    from study import report
+    from study.report import loading, tables
 
     both, alone = tmp_path / "both.yaml", tmp_path / "alone.yaml"
     both.write_text(yaml.safe_dump(tiny_base() | SWEEP))
@@ -308,7 +308,7 @@ def test_runs_planned_alike_share_their_prefix_in_one_sweep_and_repeat_it_bit_fo
     assert first_difference(base_cy, rollback, through=2) == 2
     # the other sweep trains the rollback alone: the same bits, with or without the shared prefix
     assert first_difference(rollback, alone_runs["incremental_rollback"], through=2) is None
-    pairs = "\n".join(report.pairs_section(report.load_study(tmp_path / "both")))
+    pairs = "\n".join(tables.pairs_section(loading.load_study(tmp_path / "both")))
     expected = "| 0 | 1 | 1 | exactly paired: epochs 1-1 trained once for both, identical through 1 | same |"
     assert "_rollback" in pairs and expected in pairs
 
@@ -316,10 +316,10 @@ def test_runs_planned_alike_share_their_prefix_in_one_sweep_and_repeat_it_bit_fo
 def test_the_drift_table_gives_each_blocks_summed_rate_since_its_reset_and_what_decay_alone_gives(
     tmp_path, tiny_base
 ):
-    from study import report
+    from study.report import curves, loading
 
     write_paired_study(tmp_path, tiny_base)
-    table = "\n".join(report.drift_table(report.load_study(tmp_path)))
+    table = "\n".join(curves.drift_table(loading.load_study(tmp_path)))
     # 100 steps an epoch at lr 0.01: 1 - exp(-5e-4 / 0.1 * 0.02 * 100) = 0.995 %
     assert "| finetune | 2 | 0.02 / 1.0 | 0.02 / 1.0 |" in table
     # the rollback keeps B1 (0.01, then its retained 0.001) and restores B5 after epoch 1

@@ -213,7 +213,7 @@ def test_validation_evaluates_the_ema_which_restarts_with_the_rolled_back_blocks
 
 @pytest.mark.slow
 def test_resume_continues_the_ema_and_l2sp_bit_exactly(tiny_config, tmp_path, train_until):
-    from study.evaluate import load_checkpoint
+    from study.evaluate.checkpoint import load_checkpoint
 
     config = tiny_config(
         {"name": "incremental_rollback", "period_epochs": 2, "periods": 2},

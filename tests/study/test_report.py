@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 
+import pandas as pd
 import pytest
 import torch
 import yaml
 
-from study import final, report
+from study.errors import UserError
 from study.files import atomic_write_csv
+from study.report import cli, curves, final, loading, statistics, tables
 
 # (trial id, schedule, schedule.lr, seed, status, best val mAP, best rank-1, val mAP by epoch)
 TRIALS = [
@@ -97,7 +99,7 @@ def write_optuna(folder, values):
 @pytest.mark.slow
 def test_report_compares_schedules_over_seeds(tmp_path, tiny_base):
     write_study(tmp_path, tiny_base)
-    report.main([str(tmp_path)])
+    cli.main([str(tmp_path)])
     text = (tmp_path / "report.md").read_text()
     lines = text.splitlines()
     table = lines.index(
@@ -130,7 +132,7 @@ def test_train_it_again_builds_the_trials_run_config_without_its_trials_folder(t
     from study.search_space import load_search_space
 
     write_study(tmp_path, tiny_base)  # tables only, as a piece is committed: no trials/ folders
-    study = report.load_study(tmp_path)
+    study = loading.load_study(tmp_path)
     command = shlex.split(study.retrain_command("ft1"))
     assert command[:4] == ["python", "-m", "study.train", str(tmp_path / "study.yaml")]
     assert command[-2:] == ["--out", "DIR"]
@@ -149,7 +151,7 @@ def test_train_it_again_builds_the_trials_run_config_without_its_trials_folder(t
 
 def test_importance_is_computed_from_the_optuna_study(tmp_path, tiny_base):
     write_study(tmp_path, tiny_base, optuna_values=(0.25, 0.45, 0.20, 0.50, 0.22))
-    section = report.importance_section(report.load_study(tmp_path))
+    section = tables.importance_section(loading.load_study(tmp_path))
     assert section[0].startswith("PED-ANOVA over 5 completed configurations")
     names = {line.split("`")[1] for line in section if line.startswith("| `")}
     assert names == {"schedule.lr", "schedule.name"}
@@ -157,13 +159,13 @@ def test_importance_is_computed_from_the_optuna_study(tmp_path, tiny_base):
 
 def test_importance_needs_two_completed_configurations_per_varying_parameter(tmp_path, tiny_base):
     write_study(tmp_path, tiny_base, optuna_values=(0.25,))
-    section = report.importance_section(report.load_study(tmp_path))
+    section = tables.importance_section(loading.load_study(tmp_path))
     assert section == [
         "Not computed: needs a varying parameter and at least 2 completed configurations per varying "
         "parameter, plus one (has 1 for 0)."
     ]
     write_study(tmp_path / "four", tiny_base, optuna_values=(0.25, 0.45, 0.20, 0.50))
-    section = report.importance_section(report.load_study(tmp_path / "four"))
+    section = tables.importance_section(loading.load_study(tmp_path / "four"))
     assert section[0].endswith("(has 4 for 2).")  # schedule and lr: 5 needed
 
 
@@ -175,15 +177,15 @@ def test_importance_is_not_computed_when_a_parameter_is_confounded_with_the_sche
 
     stored = optuna.load_study(study_name="mini", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
     trials = stored.get_trials()
-    assert report._confounded_with_schedule(trials, ["schedule.lr", "schedule.name"]) == []
+    assert tables._confounded_with_schedule(trials, ["schedule.lr", "schedule.name"]) == []
     for trial in trials:  # the same lr whenever the schedule is the same
         trial.params["schedule.lr"] = 0.01 if trial.params["schedule.name"] == "finetune" else 0.014
-    assert report._confounded_with_schedule(trials, ["schedule.lr", "schedule.name"]) == ["schedule.lr"]
+    assert tables._confounded_with_schedule(trials, ["schedule.lr", "schedule.name"]) == ["schedule.lr"]
 
 
 def test_folder_without_a_study_is_one_line_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        report.main([str(tmp_path)])
+        cli.main([str(tmp_path)])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err == f"error: {tmp_path} holds no study (no study.yaml); run python -m study.sweep first\n"
@@ -191,7 +193,7 @@ def test_folder_without_a_study_is_one_line_error(tmp_path, capsys):
 
 def test_gradient_table_compares_each_block_with_finetune(tmp_path, tiny_base):
     write_study(tmp_path, tiny_base)
-    lines = report.gradient_table(report.load_study(tmp_path))
+    lines = curves.gradient_table(loading.load_study(tmp_path))
     # Second half of each run: finetune's epoch 2 (norm 3.0); rollback's epoch 2 of ir0 (3.0) and
     # epoch 1 of ir1, which stopped after one epoch (2.0): 2.5, 0.83x finetune's.
     assert lines[2] == "| schedule | B1 | B2 | B3 | B4 | B5 | head |"
@@ -201,7 +203,7 @@ def test_gradient_table_compares_each_block_with_finetune(tmp_path, tiny_base):
 
 def test_evaluation_table_gives_the_curve_of_each_schedule_over_seeds(tmp_path, tiny_base):
     write_study(tmp_path, tiny_base)
-    lines = report.evaluation_table(report.load_study(tmp_path))
+    lines = curves.evaluation_table(loading.load_study(tmp_path))
     assert lines[2] == "| schedule | epoch 1 | epoch 2 |"
     # rollback: epoch 1 of both seeds (0.20, 0.50), epoch 2 of seed 0 only (ir1 stopped after one)
     assert lines[4] == "| incremental_rollback | 35.00 ± 21.21 | 40.00 |"  # one seed at epoch 2: no spread
@@ -210,7 +212,7 @@ def test_evaluation_table_gives_the_curve_of_each_schedule_over_seeds(tmp_path, 
 
 def test_against_finetune_compares_final_map_with_welchs_test(tmp_path, tiny_base):
     write_study(tmp_path, tiny_base)
-    lines = report.against_finetune(report.load_study(tmp_path))
+    lines = tables.against_finetune(loading.load_study(tmp_path))
     # Final values: rollback 0.40, 0.50; finetune 0.30, 0.15. Welch: t = 2.496, df = 1.742, p = 0.148.
     assert lines[2] == "| schedule | final val mAP | Δ vs finetune | p | seeds better |"
     assert lines[4] == "| incremental_rollback | 45.00 ± 7.07 | +22.50 | 0.148 | 2/2 |"
@@ -219,15 +221,15 @@ def test_against_finetune_compares_final_map_with_welchs_test(tmp_path, tiny_bas
 
 def test_against_finetune_needs_finetune_trials(tmp_path, tiny_base):
     write_study(tmp_path, tiny_base)
-    study = report.load_study(tmp_path)
+    study = loading.load_study(tmp_path)
     study.results = study.results[study.results["schedule"] != "finetune"]
-    assert report.against_finetune(study) == ["No comparison: the study has no `finetune` trials."]
+    assert tables.against_finetune(study) == ["No comparison: the study has no `finetune` trials."]
 
 
 def test_boundary_gradient_table_divides_a_period_start_by_the_previous_end(tmp_path, tiny_base):
     write_study(tmp_path, tiny_base)
-    study = report.load_study(tmp_path)
-    lines = report.boundary_gradient_table(study)
+    study = loading.load_study(tmp_path)
+    lines = curves.boundary_gradient_table(study)
     # ir0 crosses one boundary: epoch 2 (period 2, norm 3.0) over epoch 1 (period 1, norm 2.0);
     # ir1 stopped in period 1 and finetune has a single period.
     assert lines[2] == "| schedule | boundaries | B1 | B2 | B3 | B4 | B5 | head |"
@@ -235,13 +237,13 @@ def test_boundary_gradient_table_divides_a_period_start_by_the_previous_end(tmp_
     # Geometric mean over boundaries: ratios 1.5 and 6.0 give 3.0.
     extra = study.epochs[study.epochs["trial_id"] == "ir0"].assign(epoch=3, period=3)
     extra[[c for c in extra.columns if c.startswith("grad_norm_")]] = 18.0
-    study.epochs = report.pd.concat([study.epochs, extra], ignore_index=True)
-    assert report.boundary_gradient_table(study)[4] == "| incremental_rollback | 2 |" + " 3.00× |" * 6
+    study.epochs = pd.concat([study.epochs, extra], ignore_index=True)
+    assert curves.boundary_gradient_table(study)[4] == "| incremental_rollback | 2 |" + " 3.00× |" * 6
     # A block frozen in the period before (norm 0, as in fc_warmup's warm-up) has no ratio.
     study.epochs.loc[(study.epochs["trial_id"] == "ir0") & (study.epochs["epoch"] == 1), "grad_norm_B1"] = 0.0
-    assert report.boundary_gradient_table(study)[4] == "| incremental_rollback | 2 | 6.00× |" + " 3.00× |" * 5
+    assert curves.boundary_gradient_table(study)[4] == "| incremental_rollback | 2 | 6.00× |" + " 3.00× |" * 5
     study.epochs = study.epochs[study.epochs["schedule"] == "finetune"]
-    assert report.boundary_gradient_table(study) == [
+    assert curves.boundary_gradient_table(study) == [
         "No schedule in this study has crossed a period boundary."
     ]
 
@@ -252,7 +254,7 @@ def test_several_studies_make_one_report_with_out(tmp_path, tiny_base, capsys):
         saved = yaml.safe_load((tmp_path / name / "study.yaml").read_text())
         (tmp_path / name / "study.yaml").write_text(yaml.safe_dump(saved | {"_name": name}))
     out = tmp_path / "docs" / "results" / "both.md"
-    report.main([str(tmp_path / "first"), str(tmp_path / "second"), "--out", str(out)])
+    cli.main([str(tmp_path / "first"), str(tmp_path / "second"), "--out", str(out)])
     text = out.read_text()
     assert text.startswith("# Studies first, second\n")
     assert "## Study first" in text and "## Study second" in text and "### Schedules" in text
@@ -261,7 +263,7 @@ def test_several_studies_make_one_report_with_out(tmp_path, tiny_base, capsys):
         assert (out.parent / "both" / name / "val_mAP.png").read_bytes().startswith(b"\x89PNG")
     assert not (tmp_path / "first" / "report.md").exists()
     with pytest.raises(SystemExit) as exit_info:
-        report.main([str(tmp_path / "first"), str(tmp_path / "second")])
+        cli.main([str(tmp_path / "first"), str(tmp_path / "second")])
     assert exit_info.value.code == 2
     message = "error: several study folders make one report: name its file with --out FILE\n"
     assert capsys.readouterr().err == message
@@ -302,12 +304,12 @@ def test_the_pieces_of_a_study_are_reported_as_the_whole_study(tmp_path, tiny_ba
             "seed1-ir": [("incremental_rollback", 1)],
         },
     )
-    merged = report.merge_pieces([report.load_study(folder) for folder in pieces])
+    merged = loading.merge_pieces([loading.load_study(folder) for folder in pieces])
     assert len(merged) == 1 and merged[0].pieces == tuple(pieces) and len(merged[0].results) == 4
     assert merged[0].trial_folder("ir1") == pieces[2] / "trials" / "ir1"
-    report.main([str(folder) for folder in pieces] + ["--out", str(tmp_path / "pieces.md")])
+    cli.main([str(folder) for folder in pieces] + ["--out", str(tmp_path / "pieces.md")])
     assert "3 folders reported as one, 4 trials in all" in capsys.readouterr().out
-    report.main([str(whole), "--out", str(tmp_path / "whole.md")])
+    cli.main([str(whole), "--out", str(tmp_path / "whole.md")])
     in_pieces, at_once = (tmp_path / "pieces.md").read_text(), (tmp_path / "whole.md").read_text()
     for section in ("### Schedules", "### Against fine-tuning", "### val_mAP at each evaluation"):
         assert section.replace("###", "##") in in_pieces
@@ -326,7 +328,7 @@ def test_pieces_may_differ_in_how_many_trials_ran_at_once(tmp_path, tiny_base):
     saved = yaml.safe_load((second / "study.yaml").read_text())
     saved["tune"] |= {"max_concurrent": 1, "resources": {"cpu": 2, "gpu": 0}}
     (second / "study.yaml").write_text(yaml.safe_dump(saved))
-    (merged,) = report.merge_pieces([report.load_study(first), report.load_study(second)])
+    (merged,) = loading.merge_pieces([loading.load_study(first), loading.load_study(second)])
     assert sorted(merged.results["seed"]) == [0, 1]
 
 
@@ -346,7 +348,7 @@ def test_the_pieces_of_a_grid_study_merge_into_the_whole_grid(tmp_path, tiny_bas
         saved = yaml.safe_load((piece / "study.yaml").read_text())
         del saved["tune"]["num_samples"]
         (piece / "study.yaml").write_text(yaml.safe_dump(saved))
-    (merged,) = report.merge_pieces([report.load_study(folder) for folder in pieces])
+    (merged,) = loading.merge_pieces([loading.load_study(folder) for folder in pieces])
     assert "num_samples" not in merged.saved["tune"]
     configs = merged.trial_configs()  # the merged settings parse: a grid of 3 + 3 configurations
     assert {trial: c.schedule["lr"] for trial, c in configs.items()} == {
@@ -363,7 +365,7 @@ def test_pieces_that_differ_or_overlap_are_one_line_errors(tmp_path, tiny_base, 
         whole, {"a": [("finetune", 0), ("finetune", 1)], "b": [("finetune", 1)]}
     )
     with pytest.raises(SystemExit) as exit_info:
-        report.main([str(first), str(second), "--out", str(tmp_path / "r.md")])
+        cli.main([str(first), str(second), "--out", str(tmp_path / "r.md")])
     assert exit_info.value.code == 2
     assert (
         capsys.readouterr().err
@@ -372,16 +374,14 @@ def test_pieces_that_differ_or_overlap_are_one_line_errors(tmp_path, tiny_base, 
     saved = yaml.safe_load((second / "study.yaml").read_text())
     saved["schedule"]["period_epochs"] = 3
     (second / "study.yaml").write_text(yaml.safe_dump(saved))
-    with pytest.raises(
-        report.UserError, match=r"are pieces of study 'mini' but differ in schedule.period_epochs"
-    ):
-        report.merge_pieces([report.load_study(first), report.load_study(second)])
+    with pytest.raises(UserError, match=r"are pieces of study 'mini' but differ in schedule.period_epochs"):
+        loading.merge_pieces([loading.load_study(first), loading.load_study(second)])
 
 
 @pytest.mark.slow
 def test_final_retrains_the_best_and_finetune_once_per_seed_on_the_test_protocol(tmp_path, tiny_base):
     write_study(tmp_path, tiny_base)
-    report.main([str(tmp_path), "--final"])
+    cli.main([str(tmp_path), "--final"])
     runs = {}
     for label in ("best", "finetune"):
         for seed in (0, 1):
@@ -418,7 +418,7 @@ def test_final_runs_that_diverge_are_shown_as_diverged_not_as_their_last_evaluat
     write_study(tmp_path, tiny_base)
     results = tmp_path / "results.csv"
     results.write_text(results.read_text().replace(",0.02,", ",1000000.0,"))  # the best's schedule.lr
-    report.main([str(tmp_path), "--final"])
+    cli.main([str(tmp_path), "--final"])
     summary = json.loads((tmp_path / "final" / "best" / "seed-0" / "summary.json").read_text())
     assert summary["status"] == "diverged" and summary["config"]["schedule"]["lr"] == 1e6
     text = (tmp_path / "report.md").read_text()
@@ -436,7 +436,7 @@ def test_final_with_jobs_trains_in_other_processes_as_it_would_here(tmp_path, ti
     threads = torch.get_num_threads()
     torch.set_num_threads(final.threads_per_job(2))
     try:
-        here = final.retrain_final(report.load_study(tmp_path / "here"), seeds=[0])
+        here = final.retrain_final(loading.load_study(tmp_path / "here"), seeds=[0])
     finally:
         torch.set_num_threads(threads)
 
@@ -444,7 +444,7 @@ def test_final_with_jobs_trains_in_other_processes_as_it_would_here(tmp_path, ti
         raise AssertionError("--jobs 2 trained a run in the report's own process")
 
     monkeypatch.setattr("study.trainer.train_run", in_this_process)  # a spawned process imports its own
-    processes = final.retrain_final(report.load_study(tmp_path / "processes"), seeds=[0], jobs=2)
+    processes = final.retrain_final(loading.load_study(tmp_path / "processes"), seeds=[0], jobs=2)
     assert [(run["label"], run["seed"]) for run in processes] == [
         ("best", 0),
         ("finetune", 0),
@@ -467,7 +467,7 @@ def test_final_with_jobs_trains_in_other_processes_as_it_would_here(tmp_path, ti
 def test_bad_final_options_are_one_line_errors(tmp_path, tiny_base, capsys, args, message):
     write_study(tmp_path, tiny_base)
     with pytest.raises(SystemExit) as exit:
-        report.main([str(tmp_path), *args])
+        cli.main([str(tmp_path), *args])
     assert exit.value.code == 2 and capsys.readouterr().err == f"error: {message}\n"
     assert not (tmp_path / "final").exists() and not (tmp_path / "report.md").exists()
 
@@ -475,7 +475,7 @@ def test_bad_final_options_are_one_line_errors(tmp_path, tiny_base, capsys, args
 @pytest.mark.slow
 def test_final_fine_tunes_for_the_best_budget_when_the_study_has_no_finetune(tmp_path, tiny_base):
     write_study(tmp_path, tiny_base)
-    study = report.load_study(tmp_path)
+    study = loading.load_study(tmp_path)
     study.results = study.results[study.results["schedule"] != "finetune"]
     runs = final.retrain_final(study, seeds=[0])
     assert [(run["label"], run["seed"]) for run in runs] == [("best", 0), ("finetune", 0), ("control", 0)]
@@ -492,7 +492,7 @@ def test_final_retrains_nothing_in_a_study_already_on_the_test_protocol(tmp_path
     (tmp_path / "study.yaml").write_text(yaml.safe_dump(saved))
     for name in ("results.csv", "epochs.csv"):
         (tmp_path / name).write_text((tmp_path / name).read_text().replace("val_", "test_"))
-    report.main([str(tmp_path), "--final"])
+    cli.main([str(tmp_path), "--final"])
     assert "was evaluated on the test protocol already: --final retrains nothing" in capsys.readouterr().out
     assert not (tmp_path / "final").exists()
     text = (tmp_path / "report.md").read_text()
@@ -501,13 +501,13 @@ def test_final_retrains_nothing_in_a_study_already_on_the_test_protocol(tmp_path
 
 def test_period_table_reads_every_schedule_at_every_period_end_as_the_papers_table_2(tmp_path, tiny_base):
     write_study(tmp_path, tiny_base)
-    study = report.load_study(tmp_path)
+    study = loading.load_study(tmp_path)
     epochs = study.epochs
     finetune = epochs["schedule"] == "finetune"
     epochs["periods_done"] = epochs["period"].where(~finetune, (epochs["epoch"] == 2).astype(int))
     epochs["val_rank1"] = epochs["val_mAP"] + 0.10
     epochs["accuracy"] = 0.5
-    lines = report.period_table(study)
+    lines = curves.period_table(study)
     assert lines[2] == "| schedule | after epoch | n | val mAP | val rank-1 | training accuracy |"
     # The rollback's 1-epoch periods end at epochs 1 and 2 (ir1 stopped after 1), finetune's one
     # period at 2; finetune is read at epoch 1 too, the end of the rollback's first period.
@@ -518,17 +518,17 @@ def test_period_table_reads_every_schedule_at_every_period_end_as_the_papers_tab
         "| finetune | 2 (period 1) | 2 | 22.50 ± 10.61 | 32.50 ± 10.61 | 50.0 |",
     ]
     study.epochs["val_mAP"] = float("nan")
-    assert report.period_table(study) == ["No evaluations reported yet."]
+    assert curves.period_table(study) == ["No evaluations reported yet."]
 
 
 def test_drift_table_gives_each_blocks_distance_from_pretrained_at_every_period_end(tmp_path, tiny_base):
     write_study(tmp_path, tiny_base)
-    study = report.load_study(tmp_path)
-    assert report.drift_table(study)[0].startswith("No distances from the pre-trained weights")
+    study = loading.load_study(tmp_path)
+    assert curves.drift_table(study)[0].startswith("No distances from the pre-trained weights")
     drift = {"ft0": 0.02, "ft1": 0.04, "ir0": 0.10, "ir1": 0.30}  # by trial, times the epoch below
     for block in ("B1", "B2", "B3", "B4", "B5"):
         study.epochs[f"drift_{block}"] = study.epochs["trial_id"].map(drift) * study.epochs["epoch"]
-    lines = report.drift_table(study)
+    lines = curves.drift_table(study)
     assert lines[2] == "| schedule | epoch | n | B1 | B2 | B3 | B4 | B5 |"
     # finetune's one period ends at epoch 2 (4 % and 8 %); the rollback's 1-epoch periods at 1 and 2,
     # where ir1 (stopped after epoch 1) has no second period.
@@ -542,37 +542,37 @@ def test_drift_table_gives_each_blocks_distance_from_pretrained_at_every_period_
     ends_of_finetune = ((study.epochs["trial_id"] == "ft0") & (study.epochs["epoch"] == 2)).astype(int)
     finetune = study.epochs["schedule"] == "finetune"
     study.epochs["periods_done"] = study.epochs["period"].where(~finetune, ends_of_finetune)
-    assert report.drift_table(study)[-1] == "| finetune | 2 | 1 |" + " 4.00 |" * 5
+    assert curves.drift_table(study)[-1] == "| finetune | 2 | 1 |" + " 4.00 |" * 5
 
 
 # ----------------------------------------------------------------------------- verdict and caveats
 
 
 def test_a_clearly_better_schedule_is_called_better_with_its_interval():
-    baseline = report.pd.Series([0.20, 0.30, 0.25], index=[0, 1, 2])
-    better = report.paired_comparison("x", baseline + report.pd.Series([0.10, 0.12, 0.11]), baseline)
+    baseline = pd.Series([0.20, 0.30, 0.25], index=[0, 1, 2])
+    better = statistics.paired_comparison("x", baseline + pd.Series([0.10, 0.12, 0.11]), baseline)
     # differences 0.10, 0.12, 0.11: mean 0.11, sd 0.01, t(0.975, 2) = 4.303 -> 0.11 ± 0.02484
     assert better.call == "better" and better.seeds == 3
     assert (better.low, better.high) == (pytest.approx(0.08516, abs=1e-5), pytest.approx(0.13484, abs=1e-5))
-    worse = report.paired_comparison("y", baseline - 0.05 + report.pd.Series([0.0, 0.01, -0.01]), baseline)
+    worse = statistics.paired_comparison("y", baseline - 0.05 + pd.Series([0.0, 0.01, -0.01]), baseline)
     assert worse.call == "worse"
 
 
 def test_identical_schedules_show_no_detectable_difference_and_one_seed_allows_no_call():
-    baseline = report.pd.Series([0.20, 0.30, 0.25], index=[0, 1, 2])
-    same = report.paired_comparison("x", baseline.copy(), baseline)
+    baseline = pd.Series([0.20, 0.30, 0.25], index=[0, 1, 2])
+    same = statistics.paired_comparison("x", baseline.copy(), baseline)
     assert same.call == "no detectable difference" and (same.low, same.high) == (0.0, 0.0)
-    noisy = report.paired_comparison("y", baseline + report.pd.Series([0.05, -0.04, 0.01]), baseline)
+    noisy = statistics.paired_comparison("y", baseline + pd.Series([0.05, -0.04, 0.01]), baseline)
     assert noisy.call == "no detectable difference" and noisy.low < 0 < noisy.high
-    one = report.paired_comparison("z", report.pd.Series([0.9], index=[0]), baseline)
+    one = statistics.paired_comparison("z", pd.Series([0.9], index=[0]), baseline)
     assert one.call == "no call can be made" and one.seeds == 1
-    unpaired = report.paired_comparison("w", report.pd.Series([0.9], index=[7]), baseline)
+    unpaired = statistics.paired_comparison("w", pd.Series([0.9], index=[7]), baseline)
     assert unpaired.seeds == 0  # seeds the baseline lacks are not compared
 
 
 def test_the_verdict_comes_first_with_its_interval_and_the_caveats_say_what_was_found(tmp_path, tiny_base):
     write_study(tmp_path, tiny_base)
-    report.main([str(tmp_path)])
+    cli.main([str(tmp_path)])
     text = (tmp_path / "report.md").read_text()
     sections = [line for line in text.splitlines() if line.startswith("## ")]
     assert sections[:2] == ["## Verdict", "## Caveats"]
@@ -591,11 +591,11 @@ def test_the_verdict_comes_first_with_its_interval_and_the_caveats_say_what_was_
 
 def test_a_grid_studys_caveat_on_differing_best_values_says_each_is_at_its_best(tmp_path, tiny_base):
     write_study(tmp_path, tiny_base)
-    study = report.load_study(tmp_path)
-    (tpe,) = report._confounded_hyperparameters(study)
+    study = loading.load_study(tmp_path)
+    (tpe,) = statistics._confounded_hyperparameters(study)
     assert tpe.endswith("confounded; `search.paired: true` runs every schedule at the same sampled values.")
     study.saved["tune"] = {"sampler": "grid"}
-    (grid,) = report._confounded_hyperparameters(study)
+    (grid,) = statistics._confounded_hyperparameters(study)
     assert grid.startswith("- The schedules were compared at different hyperparameters: `schedule.lr` (")
     assert grid.endswith(
         ". Each schedule ran every point of its grid: these are each one's best, not one shared setting."
@@ -604,13 +604,13 @@ def test_a_grid_studys_caveat_on_differing_best_values_says_each_is_at_its_best(
 
 def test_runs_still_improving_at_their_last_evaluations_are_called_not_converged(tmp_path, tiny_base):
     write_study(tmp_path, tiny_base)
-    study = report.load_study(tmp_path)
-    assert report._not_converged(study) == []  # two evaluations each: too few to tell
+    study = loading.load_study(tmp_path)
+    assert statistics._not_converged(study) == []  # two evaluations each: too few to tell
     extra = study.epochs[study.epochs["schedule"] == "finetune"].copy()
     extra["epoch"] += 2
     extra["val_mAP"] += 0.10  # epochs 3 and 4 at +10 points
-    study.epochs = report.pd.concat([study.epochs, extra], ignore_index=True)
-    (line,) = report._not_converged(study)
+    study.epochs = pd.concat([study.epochs, extra], ignore_index=True)
+    (line,) = statistics._not_converged(study)
     # finetune's mean curve: 15.0, 22.5, 25.0, 32.5 -> +10.00 from epoch 2 to epoch 4
     assert line.startswith(
         "- Not converged: val_mAP still rose over the last 2 evaluations of finetune +10.00"
@@ -625,4 +625,4 @@ def test_a_random_rankings_expected_ap_matches_every_permutation():
         for order in itertools.permutations([1] * m + [0] * (n - m)):
             ranks = [i + 1 for i, hit in enumerate(order) if hit]
             aps.append(sum((j + 1) / r for j, r in enumerate(ranks)) / m)
-        assert report.random_ranking_ap(n, m) == pytest.approx(sum(aps) / len(aps))
+        assert statistics.random_ranking_ap(n, m) == pytest.approx(sum(aps) / len(aps))

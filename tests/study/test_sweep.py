@@ -688,10 +688,10 @@ def test_same_folder_again_is_refused_without_resume(study_dir, capsys):
 
 @pytest.mark.slow
 def test_report_on_the_study(study_dir):
-    from study import report
+    from study.report import cli
 
     out, _ = study_dir
-    report.main([str(out)])
+    cli.main([str(out)])
     text = (out / "report.md").read_text()
     assert "| schedule | best val mAP | best val rank-1 |" in text
     assert "| keep_B1 |" in text and "| finetune | – |" in text

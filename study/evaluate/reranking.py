@@ -35,7 +35,7 @@ def k_reciprocal_rerank(
     """Re-ranked query-gallery distances [Q, G] (float32) from the q-g, q-q and g-g distance matrices.
 
     Distances must be non-negative and symmetric within each set, such as the squared Euclidean
-    distances of study.metrics.pairwise_distance.
+    distances of study.evaluate.metrics.pairwise_distance.
 
     Use: ``dist = k_reciprocal_rerank(q_g, q_q, g_g)``, then ``rank_metrics(dist, ...)``.
     """

@@ -10,15 +10,13 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pandas as pd
 
 from study.errors import UserError
 from study.prefixes import PREFIX_TAKEN, PREFIXES, PrefixStore, describe_sharing
-
-if TYPE_CHECKING:
-    from study.report import Study
+from study.report.loading import Study
 
 
 def retrain_final(study: Study, seeds: list[int] | None = None, jobs: int = 1) -> list[dict[str, Any]]:

@@ -1,0 +1,5 @@
+"""``python -m study.evaluate``: see study/evaluate/cli.py."""
+
+from study.evaluate.cli import main
+
+main()
