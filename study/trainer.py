@@ -5,6 +5,10 @@ shrink-and-perturb) and, if it asks, start a new optimizer. Every epoch: freeze 
 the period freezes, set each group's learning rate from the plan, train, evaluate
 when due, log, checkpoint. A period that may end early (on a plateau) ends when the pure
 ``schedules.settle`` says so; ``schedules.next_epoch`` then starts the next one at once.
+
+One module of ~580 lines on purpose: ``train_run`` is the method, and every helper follows it in
+the order the loop calls it (period boundaries, one epoch, evaluation, checkpoints, the run folder),
+so the file reads top to bottom like Algorithm 1.
 """
 
 from __future__ import annotations
