@@ -102,7 +102,8 @@ class StudyProgress(Callback):
         """The progress line; ``trials``: Tune's trials (their statuses count the running ones)."""
         finished = sum(t.ended == "finished" for t in self.trials.values())
         errors = sum(t.ended == "error" for t in self.trials.values())
-        running = sum(getattr(t, "status", "") == "RUNNING" for t in trials)
+        ended = {trial_id for trial_id, t in self.trials.items() if t.ended}
+        running = sum(t.status == "RUNNING" and t.trial_id not in ended for t in trials)
         pending = max(0, self.space.num_trials - finished - errors - running)
         counts = f"{finished} finished, {running} running, {pending} pending"
         counts += f", {errors} failed" if errors else ""
@@ -135,7 +136,7 @@ class StudyProgress(Callback):
         return pick(scored, key=lambda t: t.best)
 
     def _eta(self, trained: int) -> str | None:
-        if self.start is None or trained <= self.start[1]:
+        if self.start is None or trained <= self.start[1] or trained >= self.planned:
             return None
         rate = (trained - self.start[1]) / max(self.clock() - self.start[0], 1e-9)  # epochs per second
         return duration(max(0, self.planned - trained) / rate)

@@ -15,6 +15,7 @@ from study.search_space import (
     SEED_KEY,
     SearchSpace,
 )
+from study.sweep.location import relocated
 
 CONFIGURATION_KEY = "__configuration__"  # in a Tune trial's config: the configuration it is a seed of
 
@@ -83,13 +84,13 @@ class StudySearcher(Searcher):
     configurations they were asked for (instead of asking new ones) and never tells a trial twice,
     so it runs exactly the planned configurations and seeds.
 
-    ``make_searcher`` builds ``StudySearcher(space, "sqlite:///runs/demo/optuna.db")``.
+    ``make_searcher`` builds ``StudySearcher(space, Path("runs/demo"))`` (optuna.db in that folder).
     """
 
-    def __init__(self, space: SearchSpace, storage: str):
+    def __init__(self, space: SearchSpace, out: Path):
         super().__init__(metric=space.tune.metric, mode=space.tune.mode)
         self.space = space
-        self.storage = storage
+        self.out = Path(out)  # optuna.db's folder
         self.suggest_space = Suggest(space)
         self.grid = space.grid() if space.tune.sampler == "grid" else None
         self._study: Any = None
@@ -111,7 +112,7 @@ class StudySearcher(Searcher):
             optuna.logging.set_verbosity(optuna.logging.WARNING)
             settings = self.space.tune
             self._study = optuna.create_study(
-                storage=optuna.storages.RDBStorage(self.storage),
+                storage=optuna.storages.RDBStorage(f"sqlite:///{self.out / 'optuna.db'}"),
                 study_name=self.space.name,
                 direction="maximize" if settings.mode == "max" else "minimize",
                 sampler=optuna.samplers.TPESampler(
@@ -271,6 +272,10 @@ class StudySearcher(Searcher):
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_study": None}  # the Optuna study is reopened from optuna.db
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.out = relocated(state["out"])  # a resumed study may have moved
+
 
 def trial_params(config: dict[str, Any]) -> dict[str, Any]:
     """A Tune trial's config as logged to W&B: the sampled and fixed keys and ``train.seed``."""
@@ -279,4 +284,4 @@ def trial_params(config: dict[str, Any]) -> dict[str, Any]:
 
 def make_searcher(space: SearchSpace, out: Path) -> StudySearcher:
     """Optuna (its study in DIR/optuna.db) over the planned configurations, each once per seed."""
-    return StudySearcher(space, f"sqlite:///{out / 'optuna.db'}")
+    return StudySearcher(space, out)

@@ -22,6 +22,7 @@ from study.search_space import (
     SearchSpace,
     TuneSettings,
 )
+from study.sweep.location import relocated
 from study.sweep.ray_private import quiet_checkpoint_lines
 from study.sweep.searcher import trial_params
 
@@ -204,6 +205,10 @@ class CheckpointKeptOnce(Callback):
 
     def __init__(self, out: Path):
         self.out = Path(out)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.out = relocated(state["out"])  # a resumed study may have moved
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if trial.checkpoint is None:

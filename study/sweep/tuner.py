@@ -17,6 +17,7 @@ from study.search_space import (
     SEED_KEY,
     SearchSpace,
 )
+from study.sweep.location import set_study_folder
 from study.sweep.preflight import EXPERIMENT, check_resources
 from study.sweep.progress import StudyProgress
 from study.sweep.ray_private import quiet_restore_hint, quiet_token_notice
@@ -47,6 +48,7 @@ def run_study(
 
     started = not ray.is_initialized()
     scratch = out / ".tmp"
+    set_study_folder(out)  # what Ray's pickle of a moved study is restored into
     if started:
         init_ray(address, scratch)
     try:
@@ -58,6 +60,7 @@ def run_study(
         quiet_restore_hint()  # the sweep prints the command that resumes it, with its --set options
         tuner.fit()
     finally:
+        set_study_folder(None)
         if started:
             ray.shutdown()
             shutil.rmtree(scratch, ignore_errors=True)

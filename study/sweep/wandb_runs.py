@@ -15,6 +15,7 @@ from study.search_space import (
     SCHEDULE_KEY,
     SearchSpace,
 )
+from study.sweep.location import relocated
 from study.sweep.searcher import CONFIGURATION_KEY, trial_params
 
 # Tune's bookkeeping, not the trial's measurements.
@@ -100,6 +101,10 @@ class StudyWandb(Callback):
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "runs": {}}  # saved with Tune's snapshot: open runs are not state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.out = relocated(state["out"])  # a resumed study may have moved
 
 
 def _is_loggable(value: Any) -> bool:

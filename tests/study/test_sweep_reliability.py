@@ -281,6 +281,33 @@ def test_kill_9_then_resume_keeps_finished_trials_and_continues_the_others(tmp_p
     assert trial.value == pytest.approx(sum(float(r["final_val_mAP"]) for r in results) / 2)
 
 
+@pytest.mark.slow
+def test_a_study_moved_while_interrupted_resumes_in_its_new_folder_and_leaves_the_old_one(
+    tmp_path, tiny_base
+):
+    space = write_space(tmp_path / "killed.yaml", tiny_base, KILLED_STUDY)
+    out, moved = tmp_path / "study", tmp_path / "elsewhere" / "study"
+    with child_sweeps(tmp_path) as sweeps:
+        process = sweeps.start(space, out, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        while not any(s == "TERMINATED" for s, _ in tune_snapshot(out).values()):  # one trial done
+            assert process.poll() is None, "the study ended before it could be killed"
+            time.sleep(0.05)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+        sweeps.kill_all()
+        shutil.copytree(out, moved, symlinks=True)
+        (moved / ".lock").unlink(missing_ok=True)
+        left = folder_state(out)
+        resumed = sweeps.run(space, moved, "--resume")
+        assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert folder_state(out) == left  # nothing written into the old folder
+    results = read_table(moved / "results.csv")
+    assert len(results) == 2 and all(r["status"] == "finished" for r in results)
+    (trial,) = optuna_trials(moved, "killed")  # the moved optuna.db was told, not the old one
+    assert trial.state.name == "COMPLETE"
+    assert [t.state.name for t in optuna_trials(out, "killed")] == ["RUNNING"]
+
+
 # Three configurations (finetune, base_cy, finetune), one seed, one trial at a time.
 PLANNED_STUDY = """
 schedule: {name: finetune, epochs: 1}
