@@ -17,7 +17,7 @@ from study.search_space import (
     load_search_space,
 )
 from study.sweep.preflight import LOCK, preflight, study_lock
-from study.sweep.wandb_mode import wandb_mode, wandb_notice
+from study.sweep.wandb_mode import online_or_offline, wandb_mode, wandb_notice
 
 
 @cli
@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> None:
     mode = wandb_mode(base.wandb.mode)
     out = Path(args.out or Path("runs") / space.name).resolve()
     restore = preflight(space, base, out, args.address, args.resume, mode)  # every problem, in one message
-    if notice := wandb_notice(base.wandb.mode, mode, out):
+    mode, unreachable = online_or_offline(mode, out)
+    if notice := unreachable or wandb_notice(base.wandb.mode, mode, out):
         print(notice)
     fresh = not out.exists()
     try:

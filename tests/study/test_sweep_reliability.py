@@ -18,6 +18,7 @@ import os
 import pickle
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -717,6 +718,20 @@ def test_the_offline_notice_says_why_w_and_b_is_offline(monkeypatch, tmp_path):
         "W&B: no API key configured; logging offline"
     )
     assert sweep_wandb.wandb_notice("offline", "offline", tmp_path) is None  # asked for: nothing to explain
+
+
+def test_a_key_without_a_route_to_the_wandb_server_logs_offline_with_one_notice(monkeypatch, tmp_path):
+    with socket.socket() as probe:  # a port nothing listens on: the connection is refused at once
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    mode, notice = sweep_wandb.online_or_offline(sweep_wandb.wandb_mode("auto"), tmp_path)
+    assert mode == "offline"
+    assert notice.startswith(f"W&B: the server 127.0.0.1:{port} is unreachable (")
+    assert notice.endswith(f"logging offline to {tmp_path}/wandb (upload later with `wandb sync`)")
+    assert sweep_wandb.online_or_offline("disabled", tmp_path) == ("disabled", None)
 
 
 def test_a_search_space_never_expands_the_wandb_key(monkeypatch):
