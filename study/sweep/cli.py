@@ -16,7 +16,7 @@ from study.search_space import (
     SearchSpace,
     load_search_space,
 )
-from study.sweep.preflight import LOCK, preflight, study_lock
+from study.sweep.preflight import LOCK, USER_ERROR, preflight, study_lock
 from study.sweep.wandb_mode import online_or_offline, wandb_mode, wandb_notice
 
 
@@ -65,6 +65,8 @@ def main(argv: list[str] | None = None) -> None:
                 (out / LOCK).unlink(missing_ok=True)
                 out.rmdir()
         raise
+    if (out / USER_ERROR).exists():  # a trial's bad input: every trial would have failed alike
+        raise UserError((out / USER_ERROR).read_text())
     print(summary_line(statuses))
     print(f"wrote {out}/results.csv and {out}/epochs.csv; next: python -m study.report {out}")
     if "interrupted" in statuses or len(statuses) < space.num_trials:

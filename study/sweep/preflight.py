@@ -22,6 +22,7 @@ from study.search_space import (
 
 EXPERIMENT = "tune"  # Ray's experiment folder inside the study folder
 LOCK = ".lock"  # held by the sweep running in a study folder
+USER_ERROR = "user_error.txt"  # a trial's UserError, which ends the sweep with that line
 # How long a Ray address may take to accept a connection before it counts as unreachable.
 ADDRESS_TIMEOUT_S = 5.0
 RAY_CLIENT_PORT = 10001

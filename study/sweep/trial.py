@@ -17,12 +17,15 @@ from ray.tune import Callback
 
 from schedules import next_epoch
 from study import run_folder
+from study.errors import UserError
+from study.files import atomic_write_text
 from study.prefixes import PREFIXES, SHARING_KEYS, PrefixStore
 from study.search_space import (
     SearchSpace,
     TuneSettings,
 )
 from study.sweep.location import relocated
+from study.sweep.preflight import USER_ERROR
 from study.sweep.ray_private import quiet_checkpoint_lines
 from study.sweep.searcher import trial_params
 
@@ -39,10 +42,19 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     """Ray Tune trainable: train one sampled configuration with the shared trainer, reporting every epoch."""
     from ray import tune
 
+    quiet_checkpoint_lines()
+    try:
+        _run_trial(config, context, tune.get_context().get_trial_id())
+    except UserError as error:  # the same in every trial: the sweep stops with this one line
+        atomic_write_text(Path(context.out) / USER_ERROR, str(error))
+        raise
+
+
+def _run_trial(config: dict[str, Any], context: TrialContext, trial_id: str) -> None:
+    from ray import tune
+
     from study.trainer import Diverged, train_run
 
-    quiet_checkpoint_lines()
-    trial_id = tune.get_context().get_trial_id()
     sampled = trial_params(config)
     run_config = context.space.run_config(sampled)
     run_dir = Path(context.out) / "trials" / trial_id

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from ray.tune.stopper import Stopper
 
 from study.errors import UserError
 from study.files import atomic_write_csv, atomic_write_text
@@ -17,8 +18,8 @@ from study.search_space import (
     SEED_KEY,
     SearchSpace,
 )
-from study.sweep.location import set_study_folder
-from study.sweep.preflight import EXPERIMENT, check_resources
+from study.sweep.location import relocated, set_study_folder
+from study.sweep.preflight import EXPERIMENT, USER_ERROR, check_resources
 from study.sweep.progress import StudyProgress
 from study.sweep.ray_private import quiet_restore_hint, quiet_token_notice
 from study.sweep.searcher import make_searcher
@@ -49,6 +50,7 @@ def run_study(
     started = not ray.is_initialized()
     scratch = out / ".tmp"
     set_study_folder(out)  # what Ray's pickle of a moved study is restored into
+    (out / USER_ERROR).unlink(missing_ok=True)  # of an earlier run, fixed since
     if started:
         init_ray(address, scratch)
     try:
@@ -147,6 +149,7 @@ def make_tuner(
             name=EXPERIMENT,
             storage_path=str(out),
             callbacks=[*make_callbacks(space, out, mode), StudyProgress(space, planned_epochs)],
+            stop=StopOnUserError(out),
             progress_reporter=make_reporter(space) if verbose else None,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             # A trial whose node is lost (or that fails) restarts from its last checkpoint.
@@ -154,6 +157,24 @@ def make_tuner(
             verbose=1 if verbose else 0,  # 0: Tune prints no status table, only what goes wrong
         ),
     )
+
+
+class StopOnUserError(Stopper):
+    """Stop every trial once one ended in a UserError (bad data, a setting no trial can run with):
+    each would fail the same way, retried. The sweep then exits with that one line."""
+
+    def __init__(self, out: Path):
+        self.out = Path(out)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.out = relocated(state["out"])  # a resumed study may have moved
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        return (self.out / USER_ERROR).exists()
 
 
 def make_callbacks(space: SearchSpace, out: Path, mode: str) -> list:

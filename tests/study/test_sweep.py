@@ -362,6 +362,29 @@ def test_every_problem_before_ray_starts_is_reported_at_once(tmp_path, capsys, m
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
+def test_a_user_error_inside_a_trial_ends_the_sweep_with_that_one_line(tmp_path, tiny_base, capsys):
+    import ray
+
+    space = {**tiny_base(), **copy.deepcopy(VALID), "wandb": {"mode": "disabled"}}
+    del space["tune"]["asha"]
+    space["search"]["params"] = {"schedule.lr": 0.01}
+    space["train"]["batch_size"] = 100_000  # more than the training set: found when a trial loads it
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(space))
+    ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")
+    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=ray_tmp, logging_level="WARNING")
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            sweep_cli.main([str(path), "--out", str(tmp_path / "out")])
+    finally:
+        ray.shutdown()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("error: the training set has ") and "fewer than train.batch_size=100000" in error
+
+
 def test_study_folder_is_refused_unless_resuming_the_same_study(tmp_path):
     space = search_space.parse_search_space(copy.deepcopy(VALID), "ok")
     with pytest.raises(UserError, match="holds no study to resume"):
