@@ -37,6 +37,7 @@ from study.data.images import (
 from study.data.sampler import SAMPLERS, check_batches, identity_batches, make_sampler, random_batches
 from study.data.split import validation_split
 from study.errors import UserError
+from study.files import check_output_folder
 
 __all__ = [
     "FORMATS",
@@ -152,6 +153,7 @@ def data_root(config: DataConfig) -> Path:
     params = config.synthetic
     root = Path(config.synthetic_dir) / synthetic_name(params.identities, params.cameras, params.seed)
     if not root.is_dir():
+        check_output_folder(config.synthetic_dir, "data.synthetic_dir")
         try:
             synthesize(root, params.identities, params.cameras, params.seed)
         except UserError:

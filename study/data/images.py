@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from study.errors import UserError
-from study.files import atomic_torch_save, remove_stale_temporaries
+from study.files import atomic_torch_save, check_output_folder, remove_stale_temporaries
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -68,6 +68,7 @@ def decode_images(paths: list[str], height: int, width: int, cache_dir: str | No
                 return images
         except Exception as error:  # a damaged cache is rebuilt, not fatal
             warnings.warn(f"ignoring unreadable image cache {file}: {error}", stacklevel=2)
+    check_output_folder(cache_dir, "data.cache_dir")  # before decoding, not when saving
     images = _decode_all(paths, height, width)
     remove_stale_temporaries(file.parent)  # of an earlier save that was killed
     atomic_torch_save(images, file)

@@ -171,6 +171,7 @@ BAD_FOLDERS = {
     "existing-file": (a_file, "is a file, not a folder"),
     "under-a-file": (lambda tmp: a_file(tmp) / "run", "is a file; choose another --out"),
     "unwritable": (lambda tmp: Path("/sys/rollback-study-run"), "cannot write into '/sys'"),
+    "name-too-long": (lambda tmp: tmp / ("x" * 256) / "run", "holds a name of 256 bytes, over the 255"),
 }
 
 
@@ -715,3 +716,108 @@ def test_a_cuda_index_this_machine_lacks_is_refused(monkeypatch):
     with pytest.raises(UserError, match=r"train.device=cuda:2 but this machine has 2 CUDA devices"):
         choose_device("cuda:2")
     assert choose_device("cuda:1") == torch.device("cuda", 1)
+
+
+# ------------------------------------------------------------------------- data and result folders (issue 28)
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda tmp: tmp / ("é" * 128), "holds a name of 256 bytes, over the 255 a file name may have"),
+        (lambda tmp: tmp / "/".join(["abc"] * 1100), "bytes long, over 4095; choose a shorter one"),
+    ],
+    ids=["name-of-256-bytes", "path-of-4400-bytes"],
+)
+def test_output_paths_the_file_system_cannot_hold_are_refused(tmp_path, make, message):
+    from study.files import check_output_file, check_output_folder
+
+    path = make(tmp_path)
+    for check in (check_output_folder, lambda p, option: check_output_file(p / "x.png", option)):
+        with pytest.raises(UserError) as error:
+            check(path, "--out")
+        assert message in str(error.value)
+    assert os.listdir(tmp_path) == []
+
+
+DATA_FOLDERS = {
+    "cache-dir-a-file": ("cache_dir", a_file, "data.cache_dir '{path}' is a file, not a folder"),
+    "cache-dir-unwritable": ("cache_dir", lambda tmp: Path("/sys/rs-cache"), "cannot write into '/sys'"),
+    "synthetic-dir-a-file": ("synthetic_dir", a_file, "data.synthetic_dir '{path}' is a file, not a folder"),
+    "synthetic-dir-under-a-file": (
+        "synthetic_dir",
+        lambda tmp: a_file(tmp) / "data",
+        "data.synthetic_dir '{path}' cannot be created: '{tmp}/a_file' is a file",
+    ),
+    "synthetic-dir-unwritable": (
+        "synthetic_dir",
+        lambda tmp: Path("/sys/rs-data"),
+        "cannot write into '/sys'",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", DATA_FOLDERS)
+def test_data_folders_that_cannot_be_written_are_refused_before_any_image_is_decoded(
+    tmp_path, tiny_config, monkeypatch, case
+):
+    import study.data.images as images
+    from study.data import check_data_set, load_data
+
+    key, make, message = DATA_FOLDERS[case]
+    path = make(tmp_path)
+    config = tiny_config({"name": "finetune", "epochs": 1})
+    setattr(config.data, key, str(path))
+    if key == "synthetic_dir":
+        config.data.synthetic.seed = 7  # a data set not generated yet
+    decoded = []
+    monkeypatch.setattr(images, "_decode", lambda *args: decoded.append(args))
+    for check in (check_data_set, lambda c: load_data(c.data)):
+        with pytest.raises(UserError) as error:
+            check(config)
+        assert message.format(path=path, tmp=tmp_path) in str(error.value)
+    assert decoded == []
+    assert_nothing_created(tmp_path)
+
+
+def test_a_read_only_cache_that_holds_the_images_is_read(tmp_path, tiny_config, monkeypatch):
+    import study.data.images as images
+    from study.data import load_data
+
+    config = tiny_config({"name": "finetune", "epochs": 1}, data={"cache_dir": str(tmp_path / "cache")})
+    first = load_data(config.data)
+
+    def read_only(path, option):  # as check_output_folder answers for a read-only folder, even as root
+        raise UserError(f"{option} {str(path)!r} cannot be created: cannot write into it")
+
+    monkeypatch.setattr(images, "check_output_folder", read_only)
+    assert torch.equal(load_data(config.data).train.images, first.train.images)
+
+
+# ----------------------------------------------------------------------------- checkpoints (issue 28)
+
+
+def model_state() -> dict:
+    return {"head.weight": torch.zeros(2, 2)}
+
+
+@pytest.mark.parametrize(
+    "entries, message",
+    [
+        ({"model": {"head.weight": "zeros"}}, "its 'model' entry 'head.weight' is str, not a state_dict"),
+        ({"model": {"head.weight": [0.0, 1.0]}}, "its 'model' entry 'head.weight' is list"),
+        ({"ema": None}, "its 'ema' is NoneType, not a state_dict of tensors"),
+        ({"ema": {"head.weight": 3}}, "its 'ema' entry 'head.weight' is int"),
+    ],
+    ids=["model-holds-a-string", "model-holds-a-list", "ema-null", "ema-holds-an-int"],
+)
+def test_a_checkpoint_whose_weights_are_not_tensors_is_refused(tmp_path, entries, message):
+    from study.run_folder import read_checkpoint
+
+    path = tmp_path / "epoch-0001.pt"
+    torch.save({"config": {}, "model": model_state(), **entries}, path)
+    with pytest.raises(UserError) as error:
+        read_checkpoint(path)
+    assert message in str(error.value) and "pass a checkpoint training wrote" in str(error.value)
+    torch.save({"config": {}, "model": model_state(), "ema": model_state()}, path)
+    assert read_checkpoint(path)["ema"].keys() == {"head.weight"}
