@@ -665,7 +665,7 @@ def test_config_values_that_are_refused(tmp_path, text, message):
 @pytest.mark.parametrize(
     "text, key, value",
     [
-        ("train: {weight_decay: 1.0e-4}\n", "weight_decay", 1e-4),
+        ("train: {weight_decay: 1.0e9}\n", "weight_decay", 1e9),  # YAML 1.1: the string "1.0e9"
         ("train: {weight_decay: 5e-4}\n", "weight_decay", 5e-4),
         ("train: {batch_size: 1.6e1}\n", "batch_size", None),  # a float where an integer is due: refused
         ("train: {batch_size: 0x10}\n", "batch_size", 16),
