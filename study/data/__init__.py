@@ -8,6 +8,9 @@ batch ops), ``sampler`` (which images form a batch), ``augment`` (training augme
 
 from __future__ import annotations
 
+import dataclasses
+import json
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -51,6 +54,7 @@ __all__ = [
     "Sample",
     "check_batches",
     "check_data_set",
+    "check_data_sets",
     "data_root",
     "decode_images",
     "identity_batches",
@@ -107,16 +111,38 @@ def check_data_set(config: RunConfig) -> None:
 
     For example ``check_data_set(load_config("search_spaces/demo.yaml"))``.
     """
-    data = config.data
-    train, query, gallery = split_samples(data)
-    identities = len({s.pid for s in train})
-    check_batches(data.sampler, len(train), identities, config.train.batch_size, data.instances_per_identity)
-    check_memory(len(train) + len(query) + len(gallery), data.height, data.width)
-    if data.cache_dir is None:
-        verify_images([s.path for s in (*train, *query, *gallery)])
-        return
-    for samples in (train, query, gallery):
-        decode_images([s.path for s in samples], data.height, data.width, data.cache_dir)
+    check_data_sets([config])
+
+
+def check_data_sets(configs: Iterable[RunConfig]) -> None:
+    """``check_data_set`` of every configuration of a study, each distinct data setting once.
+
+    Trials may tune train.batch_size or data settings, so the base config alone is not enough; an
+    image is verified once however many configurations read it (once per size with data.cache_dir).
+
+    For example ``check_data_sets([config_from_dict(trial) for trial in planned_trials])``.
+    """
+    checked: set[str] = set()
+    verified: set[str] = set()
+    for config in configs:
+        data = config.data
+        key = json.dumps([dataclasses.asdict(data), config.train.batch_size], sort_keys=True, default=str)
+        if key in checked:
+            continue
+        checked.add(key)
+        train, query, gallery = split_samples(data)
+        identities = len({s.pid for s in train})
+        check_batches(
+            data.sampler, len(train), identities, config.train.batch_size, data.instances_per_identity
+        )
+        check_memory(len(train) + len(query) + len(gallery), data.height, data.width)
+        if data.cache_dir is None:
+            paths = [s.path for s in (*train, *query, *gallery) if s.path not in verified]
+            verify_images(paths)
+            verified.update(paths)
+            continue
+        for samples in (train, query, gallery):
+            decode_images([s.path for s in samples], data.height, data.width, data.cache_dir)
 
 
 def split_samples(config: DataConfig) -> tuple[list[Sample], list[Sample], list[Sample]]:

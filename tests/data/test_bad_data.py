@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 from PIL import Image
 
 from study.config import config_from_dict
-from study.data import check_data_set, load_data
+from study.data import check_data_set, check_data_sets, load_data, split_samples
 from study.data.images import check_memory
 from study.errors import UserError
 
@@ -231,3 +232,18 @@ def test_images_that_cannot_fit_in_memory_are_refused_before_any_is_decoded(monk
     check_memory(10_000, 256, 128)  # 0.9 GiB
     with pytest.raises(UserError, match=r"^20000 images decoded at 256 x 128 take 1.8 GiB, more than this"):
         check_memory(20_000, 256, 128)
+
+
+def test_every_configuration_of_a_study_is_checked_and_each_image_verified_once(bad_config, monkeypatch):
+    import study.data as data
+
+    verified = []
+    monkeypatch.setattr(data, "verify_images", lambda paths: verified.extend(paths))
+    base, _ = bad_config("pk-batch-of-more-identities", batch_size=8)
+    configs = [base, copy.deepcopy(base), copy.deepcopy(base)]
+    configs[1].data.sampler = "random"  # another data setting, the same images
+    check_data_sets(configs)
+    assert sorted(verified) == sorted(s.path for split in split_samples(base.data) for s in split)
+    configs[2].train.batch_size = 16  # a tuned batch size the identities cannot fill
+    with pytest.raises(UserError, match="a batch of 16 needs 8 identities x 2 images"):
+        check_data_sets(configs)
