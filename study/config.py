@@ -15,6 +15,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import re
+import stat
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -181,10 +183,13 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """``yaml.safe_load`` a mapping, with one-line errors for missing, empty, oversized or invalid files."""
+    """``load_yaml`` a mapping; one-line errors for a missing, empty, oversized, odd or invalid file."""
     path = Path(path)
     try:
-        size = path.stat().st_size
+        status = path.stat()
+        if not stat.S_ISREG(status.st_mode):  # a FIFO or /dev/zero would hang or never end
+            raise UserError(f"config {str(path)!r} is not a regular file; give a YAML file")
+        size = status.st_size
         if size > MAX_YAML_BYTES:
             raise UserError(
                 f"config {str(path)!r} is {size / 2**20:.1f} MiB; a config or search space is at most "
@@ -218,16 +223,16 @@ MAX_YAML_NODES = 100_000
 
 
 def load_yaml(text: str) -> Any:
-    """``yaml.safe_load`` that refuses documents expanding (through aliases) to over MAX_YAML_NODES nodes.
+    """``yaml.safe_load`` with ConfigLoader's numbers and duplicate keys, refusing alias bombs.
 
-    Aliases share nodes, so a few lines can stand for billions of values; they are counted before
-    anything is built from them. Raises yaml.YAMLError (``problem`` says why) for invalid or too
-    large documents.
+    Aliases share nodes, so a few lines can stand for billions of values: documents expanding to over
+    MAX_YAML_NODES nodes are refused before anything is built from them. Raises yaml.YAMLError
+    (``problem`` says why) for invalid, ambiguous or too large documents.
 
-    >>> load_yaml("a: &x [1, 2]\\nb: *x")
-    {'a': [1, 2], 'b': [1, 2]}
+    >>> load_yaml("a: &x [1, 2]\\nb: *x\\nlr: 1e-3")
+    {'a': [1, 2], 'b': [1, 2], 'lr': 0.001}
     """
-    loader = yaml.SafeLoader(text)
+    loader = ConfigLoader(text)
     try:
         node = loader.get_single_node()
         if node is None:
@@ -236,6 +241,73 @@ def load_yaml(text: str) -> Any:
         return loader.construct_document(node)
     finally:
         loader.dispose()
+
+
+_INT = "tag:yaml.org,2002:int"
+_FLOAT = "tag:yaml.org,2002:float"
+_AMBIGUOUS = "tag:rollback-study:ambiguous-number"
+
+
+class ConfigLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` with numbers as users write them, refusing what YAML 1.1 reads otherwise.
+
+    - ``1e9`` and ``1.0e9`` are floats (YAML 1.1 reads them as strings);
+    - ``0x10`` (16) and ``0b11`` (3) are integers, as in YAML 1.1;
+    - ``030`` (YAML 1.1: octal 24) and ``4:30`` (YAML 1.1: base 60, 270) are refused: quote them
+      for a string, write 30 or 270 for a number;
+    - a key given twice in one mapping is refused (YAML 1.1 keeps the last one silently).
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"duplicate key {key!r} (first on line {seen[key]}); give each key once",
+                    key_node.start_mark,
+                )
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+    def construct_ambiguous_number(self, node: yaml.ScalarNode) -> None:
+        yaml_1_1 = yaml.SafeLoader(node.value).get_single_data()
+        raise yaml.constructor.ConstructorError(
+            None,
+            None,
+            f"{node.value} is ambiguous (YAML 1.1 reads it as {yaml_1_1!r}); write the number without "
+            "leading zeros or colons, or quote it for text",
+            node.start_mark,
+        )
+
+
+ConfigLoader.yaml_implicit_resolvers = {
+    first: [(tag, regex) for tag, regex in resolvers if tag not in (_INT, _FLOAT)]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+# First match wins, in the order added.
+ConfigLoader.add_implicit_resolver(
+    _AMBIGUOUS,
+    re.compile(r"^[-+]?(?:0[0-9_]+|[0-9][0-9_]*(?::[0-5]?[0-9])+(?:\.[0-9_]*)?)$"),
+    list("-+0123456789"),
+)
+ConfigLoader.add_implicit_resolver(
+    _INT, re.compile(r"^[-+]?(?:0|[1-9][0-9_]*|0x[0-9a-fA-F_]+|0b[01_]+)$"), list("-+0123456789")
+)
+ConfigLoader.add_implicit_resolver(
+    _FLOAT,
+    re.compile(
+        r"^(?:[-+]?(?:[0-9][0-9_]*\.[0-9_]*|\.[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)?"
+        r"|[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+"
+        r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+    ),
+    list("-+0123456789."),
+)
+ConfigLoader.add_constructor(_AMBIGUOUS, ConfigLoader.construct_ambiguous_number)
 
 
 def _count_nodes(root: yaml.Node) -> None:
@@ -418,6 +490,13 @@ def convert_value(hint: Any, value: Any, where: str) -> Any:
     return check_value(hint, value, where, error=UserError, nested=convert_value)
 
 
+# Far above any person image (Bag of Tricks uses 256 x 128) or head: a typo, not a setting, beyond.
+MAX_IMAGE_SIDE = 2048
+MAX_HEAD_DIM = 65_536
+DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:[0-9]+)?)$")
+DEVICES = "auto, cpu, cuda, cuda:N or mps"
+
+
 def _check_values(config: RunConfig) -> None:
     positive = {
         "train.batch_size": config.train.batch_size,
@@ -434,7 +513,6 @@ def _check_values(config: RunConfig) -> None:
             raise UserError(f"{name} must be positive, got {value}")
     non_negative = {
         "train.weight_decay": config.train.weight_decay,
-        "train.momentum": config.train.momentum,
         "train.eval_every": config.train.eval_every,
         "train.threads": config.train.threads,
         "train.checkpoint_every": config.train.checkpoint_every,
@@ -446,6 +524,17 @@ def _check_values(config: RunConfig) -> None:
     for name, value in non_negative.items():
         if value < 0:
             raise UserError(f"{name} must be >= 0, got {value}")
+    for name, value, most in (
+        ("data.height", config.data.height, MAX_IMAGE_SIDE),
+        ("data.width", config.data.width, MAX_IMAGE_SIDE),
+        ("model.head_dim", config.model.head_dim, MAX_HEAD_DIM),
+    ):
+        if value > most:
+            raise UserError(f"{name} must be at most {most}, got {value}")
+    if not 0 <= config.train.momentum < 1:
+        raise UserError(f"train.momentum must be in [0, 1) (0: none), got {config.train.momentum}")
+    if not DEVICE.match(config.train.device):
+        raise UserError(f"train.device {config.train.device!r} is not a device; use {DEVICES}")
     if config.train.l2sp_alpha < 0:
         raise UserError(f"train.l2sp_alpha must be >= 0 (0: off), got {config.train.l2sp_alpha}")
     if not 0 <= config.train.ema_decay < 1:

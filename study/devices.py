@@ -25,12 +25,20 @@ def choose_device(name: str) -> torch.device:
     """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"train.device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    from study.config import DEVICE, DEVICES
+
+    if not DEVICE.match(name):
+        raise UserError(f"train.device {name!r} is not a device; use {DEVICES}")
+    device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"train.device={name} but CUDA is not available here; use train.device=auto or cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UserError(
+            f"train.device={name} but this machine has {torch.cuda.device_count()} CUDA devices"
+            " (cuda:0 ...); use train.device=cuda or a smaller N"
+        )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"train.device={name} but MPS is not available here; use train.device=auto or cpu")
     return device
 
 

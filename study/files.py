@@ -168,6 +168,7 @@ def check_output_folder(path: str | Path, option: str = "--out") -> None:
     ``UserError("--out '/proc/run' cannot be created: ...")``.
     """
     path = Path(path)
+    _check_names(path, option)
     if path.is_file():
         raise UserError(f"{option} {str(path)!r} is a file, not a folder; choose another {option}")
     _probe(path, path, option)
@@ -180,6 +181,7 @@ def check_output_file(path: str | Path, option: str, suffixes: Iterable[str] = (
     it needs .png or .jpg.
     """
     path = Path(path)
+    _check_names(path, option)
     suffixes = tuple(suffixes)
     if path.is_dir():
         raise UserError(f"{option} {str(path)!r} is a folder; give a file name")
@@ -188,6 +190,25 @@ def check_output_file(path: str | Path, option: str, suffixes: Iterable[str] = (
             f"{option} {str(path)!r} needs a file name ending in {', '.join(suffixes[:-1])} or {suffixes[-1]}"
         )
     _probe(path.parent, path, option)
+
+
+# The longest file name (in bytes) and path that Linux file systems take.
+NAME_MAX, PATH_MAX = 255, 4095
+
+
+def _check_names(path: Path, option: str) -> None:
+    """Before any stat, which fails with "File name too long" itself."""
+    if len(os.fsencode(path)) > PATH_MAX:
+        raise UserError(
+            f"{option} is {len(os.fsencode(path))} bytes long, over {PATH_MAX}; choose a shorter one"
+        )
+    for name in path.parts:
+        size = len(os.fsencode(name))
+        if size > NAME_MAX:
+            raise UserError(
+                f"{option} {str(path)!r} holds a name of {size} bytes, over the {NAME_MAX} a file name"
+                f" may have; choose a shorter {option}"
+            )
 
 
 def _probe(folder: Path, target: Path, option: str) -> None:

@@ -98,7 +98,23 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             f"{str(path)!r} is not a training checkpoint: expected a dict with 'config' and 'model';"
             f" {expected}"
         )
+    for entry in ("model", "ema"):
+        problem = _state_dict_problem(checkpoint[entry]) if entry in checkpoint else None
+        if problem:
+            raise UserError(
+                f"{str(path)!r} is not a training checkpoint: its {entry!r} {problem}, not a state_dict of"
+                f" tensors; {expected}"
+            )
     return checkpoint
+
+
+def _state_dict_problem(value: Any) -> str | None:
+    if not isinstance(value, dict):
+        return f"is {type(value).__name__}"
+    for key, tensor in value.items():
+        if not torch.is_tensor(tensor):
+            return f"entry {key!r} is {type(tensor).__name__}"
+    return None
 
 
 def summary_of(history: list[dict[str, Any]], prefix: str) -> dict[str, Any]:

@@ -79,11 +79,9 @@ def train_run(
     device = choose_device(config.train.device)
     set_threads(config.train.threads)
     data = load_data(config.data)
-    if len(data.train.images) < config.train.batch_size:
-        raise UserError(
-            f"the training set has {len(data.train.images)} images, fewer than "
-            f"train.batch_size={config.train.batch_size}"
-        )
+    sampler = make_sampler(
+        config.data.sampler, data.train.labels, config.train.batch_size, config.data.instances_per_identity
+    )
 
     _seed_everything(config.train.seed)
     model = build_model(config.model, data.num_classes)
@@ -114,12 +112,7 @@ def train_run(
         device,
         channels_last=channels_last,
         place=place,
-        sampler=make_sampler(
-            config.data.sampler,
-            data.train.labels,
-            config.train.batch_size,
-            config.data.instances_per_identity,
-        ),
+        sampler=sampler,
         augment=Augment(pad_crop=config.data.pad_crop, random_erasing=config.data.random_erasing),
     )
     autocast = autocast_context(device, autocast_dtype(device, config.train.precision, config.model.backbone))

@@ -87,6 +87,8 @@ def read_dataset(root: str | Path, format: str = "auto") -> ReIDDataset:
     if format not in READERS:
         raise unknown("data set format", format, [*FORMATS, "auto"])
     splits = READERS[format](root)
+    for samples in splits.values():
+        _check_numbers(samples)
     splits["train"] = [s for s in splits["train"] if s.pid != -1]
     for split in SPLITS:
         if not splits[split]:
@@ -121,6 +123,52 @@ def check_query_gallery(query: list[Sample], gallery: list[Sample]) -> None:
             f"query identity {missing[0]} (e.g. {example}) has no gallery image"
             f" ({len(missing)} query identities have none)"
         )
+
+
+def check_gallery_identities(gallery: list[Sample]) -> None:
+    """Refuse a gallery of fewer than two identities (junk not counted): every ranking would be right."""
+    identities = {s.pid for s in gallery} - {-1}
+    if len(identities) < 2:
+        raise UserError(
+            f"the gallery holds {len(identities)} identity (e.g. {gallery[0].path}): every ranking would be"
+            " right; a test needs 2+ gallery identities"
+        )
+
+
+def check_files(splits: dict[str, list[Sample]]) -> None:
+    """Refuse an image that does not exist, or a training image that is also a test image via a link.
+
+    Files are compared by device and inode, so a symlink or a hard link to a training image under
+    another name counts as that image. Query and gallery may share an image (as manifests may).
+    """
+    train_files: dict[tuple[int, int], str] = {}
+    for split, samples in splits.items():
+        for sample in samples:
+            try:
+                status = os.stat(sample.path)
+            except OSError as error:
+                raise UserError(f"{split} image {sample.path!r} cannot be read: {error.strerror}") from None
+            file = (status.st_dev, status.st_ino)
+            if split == "train":
+                train_files.setdefault(file, sample.path)
+            elif file in train_files:
+                raise UserError(
+                    f"{split} image {sample.path!r} is the training image {train_files[file]!r} (linked);"
+                    " an image the model trains on cannot evaluate it"
+                )
+
+
+# Identities and cameras become int64 tensors.
+INT64 = range(-(2**63), 2**63)
+
+
+def _check_numbers(samples: list[Sample]) -> None:
+    for sample in samples:
+        if sample.pid not in INT64 or sample.camid not in INT64:
+            raise UserError(
+                f"image {sample.path!r} has identity {sample.pid} and camera {sample.camid}; both must fit"
+                " in 64 bits (-2**63 to 2**63 - 1)"
+            )
 
 
 def _image_files(folder: Path) -> Iterator[Path]:
@@ -199,7 +247,7 @@ def _first_folder(root: Path, names: Iterable[str]) -> Path:
 
 def _parse_msmt17_list(list_file: Path, folder: Path) -> list[Sample]:
     samples = []
-    for number, line in enumerate(list_file.read_text().splitlines(), 1):
+    for number, line in enumerate(_utf8_text(list_file, "MSMT17 list").splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -219,7 +267,7 @@ def _read_manifest(path: Path) -> dict[str, list[Sample]]:
         raise UserError(f"manifest {str(path)!r} must be a CSV file with columns path,pid,camid,split")
     splits: dict[str, list[Sample]] = {split: [] for split in SPLITS}
     seen: dict[str, tuple[int, str, int]] = {}  # normalised path -> (pid, split, line) of its first row
-    reader = csv.DictReader(io.StringIO(_manifest_text(path), newline=""))
+    reader = csv.DictReader(io.StringIO(_utf8_text(path, "manifest"), newline=""))
     columns = {"path", "pid", "camid", "split"}
     if reader.fieldnames is None or not columns <= set(reader.fieldnames):
         raise UserError(f"manifest {str(path)!r} needs a header with columns path,pid,camid,split")
@@ -255,14 +303,14 @@ def _read_manifest(path: Path) -> dict[str, list[Sample]]:
     return splits
 
 
-def _manifest_text(path: Path) -> str:
+def _utf8_text(path: Path, what: str) -> str:
     data = path.read_bytes()
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
         line = data[: error.start].count(b"\n") + 1
         raise UserError(
-            f"manifest {str(path)!r} is not UTF-8 text: byte {data[error.start]:#04x} on line {line};"
+            f"{what} {str(path)!r} is not UTF-8 text: byte {data[error.start]:#04x} on line {line};"
             " save it as UTF-8"
         ) from None
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ import torch
 from PIL import Image
 
 from study.errors import UserError
-from study.files import atomic_torch_save, remove_stale_temporaries
+from study.files import atomic_torch_save, check_output_folder, remove_stale_temporaries
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -67,6 +68,7 @@ def decode_images(paths: list[str], height: int, width: int, cache_dir: str | No
                 return images
         except Exception as error:  # a damaged cache is rebuilt, not fatal
             warnings.warn(f"ignoring unreadable image cache {file}: {error}", stacklevel=2)
+    check_output_folder(cache_dir, "data.cache_dir")  # before decoding, not when saving
     images = _decode_all(paths, height, width)
     remove_stale_temporaries(file.parent)  # of an earlier save that was killed
     atomic_torch_save(images, file)
@@ -75,7 +77,9 @@ def decode_images(paths: list[str], height: int, width: int, cache_dir: str | No
 
 def verify_images(paths: list[str]) -> None:
     """Raise a UserError naming the first image (in list order) that cannot be decoded."""
-    for path, error in zip(paths, _parallel_map(_check_image, paths), strict=True):
+    with _bombs_refused():
+        errors = _parallel_map(_check_image, paths)
+    for path, error in zip(paths, errors, strict=True):
         if error is not None:
             raise UserError(f"cannot read image {path!r}: {error}")
 
@@ -106,15 +110,48 @@ def random_hflip(images: torch.Tensor, generator: torch.Generator | None = None)
     return torch.where(flip, images.flip(-1), images)
 
 
+def check_memory(images: int, height: int, width: int) -> None:
+    """Refuse decoding ``images`` images at height x width when they would not fit in this machine's memory.
+
+    >>> check_memory(10**6, 2048, 2048)
+    Traceback (most recent call last):
+    study.errors.UserError: 1000000 images decoded at 2048 x 2048 take 11718.8 GiB, more than ...
+    """
+    needed = images * 3 * height * width
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if needed > memory:
+        raise UserError(
+            f"{images} images decoded at {height} x {width} take {needed / 2**30:.1f} GiB, more than this"
+            f" machine's {memory / 2**30:.1f} GiB of memory; lower data.height and data.width"
+        )
+
+
 def _decode_all(paths: list[str], height: int, width: int) -> torch.Tensor:
+    check_memory(len(paths), height, width)
     out = torch.empty((len(paths), 3, height, width), dtype=torch.uint8)
 
     def decode(index: int) -> None:
         out[index] = torch.from_numpy(_decode(paths[index], height, width)).permute(2, 0, 1)
 
-    for _ in _parallel_map(decode, range(len(paths))):
-        pass
+    with _bombs_refused():
+        for _ in _parallel_map(decode, range(len(paths))):
+            pass
     return out
+
+
+# What PIL raises for missing, broken or oversized ("decompression bomb") files.
+_UNREADABLE = (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning)
+
+
+@contextlib.contextmanager
+def _bombs_refused() -> Iterator[None]:
+    """PIL only warns of an image over Image.MAX_IMAGE_PIXELS (up to twice that): refuse it too.
+
+    The filter is process-wide, so the worker threads of _parallel_map see it while it is on.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        yield
 
 
 def _decode(path: str, height: int, width: int) -> np.ndarray:
@@ -124,7 +161,7 @@ def _decode(path: str, height: int, width: int) -> np.ndarray:
             if image.size != (width, height):
                 image = image.resize((width, height), Image.Resampling.BICUBIC)
             return np.array(image)  # writable, as torch.from_numpy wants
-    except (OSError, SyntaxError, ValueError) as error:  # what PIL raises for missing or broken files
+    except _UNREADABLE as error:
         raise UserError(f"cannot read image {path!r}: {error}") from None
 
 
@@ -134,7 +171,7 @@ def _check_image(path: str) -> str | None:
             image.draft("RGB", (1, 1))  # JPEG: decode at 1/8 scale, still reads every byte
             image.load()
         return None
-    except (OSError, SyntaxError, ValueError) as error:
+    except _UNREADABLE as error:
         return str(error) or type(error).__name__
 
 

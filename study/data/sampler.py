@@ -71,8 +71,24 @@ def make_sampler(kind: str, labels: torch.Tensor, batch_size: int, instances: in
     >>> make_sampler("pk", labels, 16, 4)(torch.Generator().manual_seed(0)).shape
     torch.Size([2, 16])
     """
+    check_batches(kind, len(labels), len(torch.unique(labels)), batch_size, instances)
     if kind == "random":
         return lambda generator: random_batches(len(labels), batch_size, generator)
+    labels = labels.cpu()
+    return lambda generator: identity_batches(labels, batch_size // instances, instances, generator)
+
+
+def check_batches(kind: str, images: int, identities: int, batch_size: int, instances: int = 4) -> None:
+    """Refuse batches that a training set of ``images`` images of ``identities`` identities cannot give.
+
+    >>> check_batches("pk", images=100, identities=3, batch_size=16, instances=4)
+    Traceback (most recent call last):
+    study.errors.UserError: data.sampler=pk: a batch of 16 needs 4 identities x 4 images, but the ...
+    """
+    if images < batch_size:
+        raise UserError(f"the training set has {images} images, fewer than train.batch_size={batch_size}")
+    if kind == "random":
+        return
     if kind != "pk":
         raise UserError(f"data.sampler must be one of {', '.join(SAMPLERS)}, got {kind!r}")
     if batch_size % instances:
@@ -80,12 +96,9 @@ def make_sampler(kind: str, labels: torch.Tensor, batch_size: int, instances: in
             f"data.sampler=pk: train.batch_size={batch_size} is not a multiple of "
             f"data.instances_per_identity={instances}"
         )
-    identities = batch_size // instances
-    present = len(torch.unique(labels))
-    if present < identities:
+    needed = batch_size // instances
+    if identities < needed:
         raise UserError(
-            f"data.sampler=pk: a batch of {batch_size} needs {identities} identities x {instances} images, "
-            f"but the training set has {present} identities; lower train.batch_size"
+            f"data.sampler=pk: a batch of {batch_size} needs {needed} identities x {instances} images, "
+            f"but the training set has {identities} identities; lower train.batch_size"
         )
-    labels = labels.cpu()
-    return lambda generator: identity_batches(labels, identities, instances, generator)

@@ -171,6 +171,7 @@ BAD_FOLDERS = {
     "existing-file": (a_file, "is a file, not a folder"),
     "under-a-file": (lambda tmp: a_file(tmp) / "run", "is a file; choose another --out"),
     "unwritable": (lambda tmp: Path("/sys/rollback-study-run"), "cannot write into '/sys'"),
+    "name-too-long": (lambda tmp: tmp / ("x" * 256) / "run", "holds a name of 256 bytes, over the 255"),
 }
 
 
@@ -622,3 +623,201 @@ def test_result_files_follow_the_umask_as_open_does(tmp_path, umask, tiny_config
         os.umask(old)
     modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
     assert modes == dict.fromkeys(["summary.json", "epoch-0001.pt", "plain.txt"], 0o666 & ~umask)
+
+
+# ----------------------------------------------------------------------------- config values (issue 28)
+
+SCHEDULE = "schedule: {name: finetune, epochs: 1}\n"
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("train: {momentum: 5}\n", "train.momentum must be in [0, 1) (0: none), got 5"),
+        ("train: {momentum: 1.0}\n", "train.momentum must be in [0, 1)"),
+        ("train: {momentum: -0.1}\n", "train.momentum must be in [0, 1)"),
+        ("train: {device: cpu99}\n", "train.device 'cpu99' is not a device; use auto, cpu, cuda, cuda:N"),
+        ("train: {device: 'cuda:x'}\n", "train.device 'cuda:x' is not a device"),
+        ("model: {head_dim: 1099511627776}\n", "model.head_dim must be at most 65536, got 1099511627776"),
+        ("data: {height: 1000000}\n", "data.height must be at most 2048, got 1000000"),
+        ("data: {width: 99999}\n", "data.width must be at most 2048, got 99999"),
+        # YAML 1.1 surprises: refused where users may mean two things
+        ("train: {batch_size: 030}\n", "030 is ambiguous (YAML 1.1 reads it as 24)"),
+        ("train: {seed: 08}\n", "08 is ambiguous (YAML 1.1 reads it as '08')"),
+        ("train: {eval_every: 4:30}\n", "4:30 is ambiguous (YAML 1.1 reads it as 270)"),
+        # a key given twice
+        ("train: {seed: 1, seed: 2}\n", "column 18: duplicate key 'seed' (first on line 2)"),
+        ("train:\n  seed: 1\ntrain:\n  seed: 2\n", "line 4, column 1: duplicate key 'train' (first on"),
+    ],
+    ids=lambda value: value if len(value) < 30 else None,
+)
+def test_config_values_that_are_refused(tmp_path, text, message):
+    from study.config import load_config
+
+    path = tmp_path / "config.yaml"
+    path.write_text(SCHEDULE + text)
+    with pytest.raises(UserError) as error:
+        load_config(path)
+    assert message in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "text, key, value",
+    [
+        ("train: {weight_decay: 1.0e9}\n", "weight_decay", 1e9),  # YAML 1.1: the string "1.0e9"
+        ("train: {weight_decay: 5e-4}\n", "weight_decay", 5e-4),
+        ("train: {batch_size: 1.6e1}\n", "batch_size", None),  # a float where an integer is due: refused
+        ("train: {batch_size: 0x10}\n", "batch_size", 16),
+        ("train: {batch_size: 1_6}\n", "batch_size", 16),
+        ("train: {momentum: 0.95}\n", "momentum", 0.95),
+        ("train: {momentum: 0}\n", "momentum", 0),
+    ],
+)
+def test_yaml_numbers_are_read_as_users_mean(tmp_path, text, key, value):
+    from study.config import load_config
+
+    path = tmp_path / "config.yaml"
+    path.write_text(SCHEDULE + text)
+    if value is None:
+        with pytest.raises(UserError, match="must be an integer"):
+            load_config(path)
+        return
+    assert getattr(load_config(path).train, key) == value
+
+
+def test_yaml_merge_keys_may_still_override_what_they_merge(tmp_path):
+    from study.config import load_config
+
+    path = tmp_path / "config.yaml"
+    path.write_text("x: &base {name: finetune, epochs: 1}\nschedule: {<<: *base, epochs: 3}\n")
+    with pytest.raises(UserError, match="unknown config section 'x'"):
+        load_config(path)
+    from study.config import load_yaml
+
+    assert load_yaml(path.read_text())["schedule"] == {"name": "finetune", "epochs": 3}
+
+
+def test_a_config_that_is_not_a_regular_file_is_refused_without_reading_it(tmp_path):
+    from study.config import load_config
+
+    fifo = tmp_path / "config.fifo"
+    os.mkfifo(fifo)  # opening it would wait for a writer forever
+    for path in (fifo, Path("/dev/zero"), tmp_path):
+        with pytest.raises(UserError, match=f"config {str(path)!r} is not a regular file"):
+            load_config(path)
+
+
+def test_a_cuda_index_this_machine_lacks_is_refused(monkeypatch):
+    from study.devices import choose_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(UserError, match=r"train.device=cuda:2 but this machine has 2 CUDA devices"):
+        choose_device("cuda:2")
+    assert choose_device("cuda:1") == torch.device("cuda", 1)
+
+
+# ------------------------------------------------------------------------- data and result folders (issue 28)
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda tmp: tmp / ("é" * 128), "holds a name of 256 bytes, over the 255 a file name may have"),
+        (lambda tmp: tmp / "/".join(["abc"] * 1100), "bytes long, over 4095; choose a shorter one"),
+    ],
+    ids=["name-of-256-bytes", "path-of-4400-bytes"],
+)
+def test_output_paths_the_file_system_cannot_hold_are_refused(tmp_path, make, message):
+    from study.files import check_output_file, check_output_folder
+
+    path = make(tmp_path)
+    for check in (check_output_folder, lambda p, option: check_output_file(p / "x.png", option)):
+        with pytest.raises(UserError) as error:
+            check(path, "--out")
+        assert message in str(error.value)
+    assert os.listdir(tmp_path) == []
+
+
+DATA_FOLDERS = {
+    "cache-dir-a-file": ("cache_dir", a_file, "data.cache_dir '{path}' is a file, not a folder"),
+    "cache-dir-unwritable": ("cache_dir", lambda tmp: Path("/sys/rs-cache"), "cannot write into '/sys'"),
+    "synthetic-dir-a-file": ("synthetic_dir", a_file, "data.synthetic_dir '{path}' is a file, not a folder"),
+    "synthetic-dir-under-a-file": (
+        "synthetic_dir",
+        lambda tmp: a_file(tmp) / "data",
+        "data.synthetic_dir '{path}' cannot be created: '{tmp}/a_file' is a file",
+    ),
+    "synthetic-dir-unwritable": (
+        "synthetic_dir",
+        lambda tmp: Path("/sys/rs-data"),
+        "cannot write into '/sys'",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", DATA_FOLDERS)
+def test_data_folders_that_cannot_be_written_are_refused_before_any_image_is_decoded(
+    tmp_path, tiny_config, monkeypatch, case
+):
+    import study.data.images as images
+    from study.data import check_data_set, load_data
+
+    key, make, message = DATA_FOLDERS[case]
+    path = make(tmp_path)
+    config = tiny_config({"name": "finetune", "epochs": 1})
+    setattr(config.data, key, str(path))
+    if key == "synthetic_dir":
+        config.data.synthetic.seed = 7  # a data set not generated yet
+    decoded = []
+    monkeypatch.setattr(images, "_decode", lambda *args: decoded.append(args))
+    for check in (check_data_set, lambda c: load_data(c.data)):
+        with pytest.raises(UserError) as error:
+            check(config)
+        assert message.format(path=path, tmp=tmp_path) in str(error.value)
+    assert decoded == []
+    assert_nothing_created(tmp_path)
+
+
+def test_a_read_only_cache_that_holds_the_images_is_read(tmp_path, tiny_config, monkeypatch):
+    import study.data.images as images
+    from study.data import load_data
+
+    config = tiny_config({"name": "finetune", "epochs": 1}, data={"cache_dir": str(tmp_path / "cache")})
+    first = load_data(config.data)
+
+    def read_only(path, option):  # as check_output_folder answers for a read-only folder, even as root
+        raise UserError(f"{option} {str(path)!r} cannot be created: cannot write into it")
+
+    monkeypatch.setattr(images, "check_output_folder", read_only)
+    assert torch.equal(load_data(config.data).train.images, first.train.images)
+
+
+# ----------------------------------------------------------------------------- checkpoints (issue 28)
+
+
+def model_state() -> dict:
+    return {"head.weight": torch.zeros(2, 2)}
+
+
+@pytest.mark.parametrize(
+    "entries, message",
+    [
+        ({"model": {"head.weight": "zeros"}}, "its 'model' entry 'head.weight' is str, not a state_dict"),
+        ({"model": {"head.weight": [0.0, 1.0]}}, "its 'model' entry 'head.weight' is list"),
+        ({"ema": None}, "its 'ema' is NoneType, not a state_dict of tensors"),
+        ({"ema": {"head.weight": 3}}, "its 'ema' entry 'head.weight' is int"),
+    ],
+    ids=["model-holds-a-string", "model-holds-a-list", "ema-null", "ema-holds-an-int"],
+)
+def test_a_checkpoint_whose_weights_are_not_tensors_is_refused(tmp_path, entries, message):
+    from study.run_folder import read_checkpoint
+
+    path = tmp_path / "epoch-0001.pt"
+    torch.save({"config": {}, "model": model_state(), **entries}, path)
+    with pytest.raises(UserError) as error:
+        read_checkpoint(path)
+    assert message in str(error.value) and "pass a checkpoint training wrote" in str(error.value)
+    torch.save({"config": {}, "model": model_state(), "ema": model_state()}, path)
+    assert read_checkpoint(path)["ema"].keys() == {"head.weight"}
