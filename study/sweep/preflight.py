@@ -48,7 +48,7 @@ def preflight(
     restore = attempt(check_study_dir, out, space, resume)[0] if usable else False
     if installed:  # Ray is there to ask
         attempt(check_ray, address, space.tune)
-    attempt(check_data, base)
+    attempt(check_data, space, base)
     attempt(check_weights, base)
     if len(problems) > 1:
         listed = "\n".join(f"- {problem}" for problem in problems)
@@ -106,16 +106,39 @@ def check_study_dir(out: Path, space: SearchSpace, resume: bool) -> bool:
     return False
 
 
-def check_data(config: RunConfig) -> None:
-    """Generate the synthetic data set once, or check the data set's layout and split, before any trial."""
-    from study.data import split_samples
+def check_data(space: SearchSpace, config: RunConfig) -> None:
+    """The data set of every planned configuration, before any trial: its layout and split, batches
+    that can be drawn, memory, every image decoding (``study.data.check_data_sets``); the synthetic
+    set is generated here, once."""
+    from study.data import check_data_sets
 
     if config.data.root != "synthetic" and not Path(config.data.root).exists():
         raise UserError(
             f"data.root {config.data.root!r} does not exist; download the data set there, "
             "or point data.root at it (--set data.root=PATH)"
         )
-    split_samples(config.data)
+    check_data_sets(planned_configs(space))
+
+
+def planned_configs(space: SearchSpace) -> list[RunConfig]:
+    """Every configuration of a grid; under TPE each schedule at each bound or choice of each of its
+    parameters (what a trial can be given), the others at their first."""
+    from study.search_space import SCHEDULE_KEY
+
+    if space.tune.sampler == "grid":
+        points = space.grid()
+    else:
+        points = []
+        for schedule in space.schedules:
+            params = space.params_for(schedule)
+            first = {p.key: p.args[0] for p in params}
+            points += [{SCHEDULE_KEY: schedule, **first, p.key: v} for p in params for v in p.args]
+            points += [{SCHEDULE_KEY: schedule, **first}]
+    configs = []
+    for point in points:
+        fixed = {p.key: p.args[0] for p in space.params_for(point[SCHEDULE_KEY]) if p.fixed}
+        configs.append(space.run_config({**fixed, **point, "train.seed": space.seeds[0]}))
+    return configs
 
 
 def check_resources(tune_settings: TuneSettings, machines: list[dict[str, float]]) -> None:

@@ -311,9 +311,18 @@ def test_a_piece_of_a_study_drops_the_conditions_of_schedules_it_does_not_run(ca
 
 
 def test_missing_data_set_is_one_line_error(tmp_path):
-    config = search_space.config_from_dict({"data": {"root": str(tmp_path / "Market-1501")}})
+    space = search_space.parse_search_space(changed("data", {"root": str(tmp_path / "Market-1501")}), "x")
     with pytest.raises(UserError, match="does not exist; download the data set there"):
-        sweep_preflight.check_data(config)
+        sweep_preflight.check_data(space, search_space.config_from_dict(space.base))
+
+
+def test_the_preflight_checks_the_data_of_every_planned_configuration(tiny_base):
+    # the base batch fits the tiny training set; one of the searched batch sizes does not
+    data = {**tiny_base(), **copy.deepcopy(VALID)}
+    data["search"]["params"]["train.batch_size"] = {"choice": [16, 100_000]}
+    space = search_space.parse_search_space(data, "x")
+    with pytest.raises(UserError, match="100000"):
+        sweep_preflight.check_data(space, search_space.config_from_dict(space.base))
 
 
 def test_resources_no_machine_has_are_refused():
@@ -363,9 +372,13 @@ def test_every_problem_before_ray_starts_is_reported_at_once(tmp_path, capsys, m
 
 
 @pytest.mark.slow
-def test_a_user_error_inside_a_trial_ends_the_sweep_with_that_one_line(tmp_path, tiny_base, capsys):
+def test_a_user_error_inside_a_trial_ends_the_sweep_with_that_one_line(
+    tmp_path, tiny_base, capsys, monkeypatch
+):
     import ray
 
+    # what the preflight cannot see (here: it is told not to look at the data) a trial finds
+    monkeypatch.setattr(sweep_preflight, "check_data", lambda space, config: None)
     space = {**tiny_base(), **copy.deepcopy(VALID), "wandb": {"mode": "disabled"}}
     del space["tune"]["asha"]
     space["search"]["params"] = {"schedule.lr": 0.01}
