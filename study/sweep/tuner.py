@@ -30,6 +30,9 @@ from study.sweep.wandb_runs import StudyWandb
 # ASHA stops any trial at max_t periods: set far beyond any plan, so trials end with their own plan.
 ASHA_MAX_PERIODS = 1000
 TRIAL_RETRIES = 2  # restarts of a failed trial (a lost node, a killed worker) before it counts as an error
+# Ray's memory monitor killing workers ends Tuner.fit with this in its message; the study resumes.
+OUT_OF_MEMORY = "running low on memory"
+MEMORY_RETRIES = 3
 
 
 def run_study(
@@ -55,12 +58,24 @@ def run_study(
         init_ray(address, scratch)
     try:
         check_resources(space.tune, [node["Resources"] for node in ray.nodes() if node["Alive"]])
-        tuner = make_tuner(space, out, mode, restore, planned_epochs, verbose)
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the CLIReporter table instead of Ray's new output
         # Keeping one checkpoint per trial snapshots the experiment at every period end; that is intended.
         os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
         quiet_restore_hint()  # the sweep prints the command that resumes it, with its --set options
-        tuner.fit()
+        for attempt in range(MEMORY_RETRIES + 1):
+            tuner = make_tuner(space, out, mode, restore or attempt > 0, planned_epochs, verbose)
+            try:
+                tuner.fit()
+                break
+            except RuntimeError as error:  # Ray's memory monitor killed trial workers: ends fit()
+                if OUT_OF_MEMORY not in str(error) or attempt == MEMORY_RETRIES:
+                    raise
+                print(
+                    f"Ray killed trial workers: the machine ran low on memory; resuming the study from "
+                    f"their checkpoints ({attempt + 1} of {MEMORY_RETRIES}); if it recurs, lower "
+                    "tune.max_concurrent or stop what else uses the memory",
+                    flush=True,
+                )
     finally:
         set_study_folder(None)
         if started:

@@ -749,6 +749,43 @@ def test_resume_of_a_finished_study_keeps_its_results(study_dir):
     ]
 
 
+def test_workers_killed_for_low_memory_resume_the_study_from_their_checkpoints(tmp_path, monkeypatch, capsys):
+    import ray
+
+    fits = iter(
+        [
+            RuntimeError(
+                "Caught unexpected exception: 2 worker(s) were killed due to the node running low on memory"
+            ),
+            None,
+            None,
+        ]
+    )
+    restored = []
+
+    class Tuner:
+        def fit(self):
+            if (error := next(fits)) is not None:
+                raise error
+
+    def make_tuner(space, out, mode, restore, *console):
+        restored.append(restore)
+        return Tuner()
+
+    monkeypatch.setattr(sweep_tuner, "make_tuner", make_tuner)
+    monkeypatch.setattr(sweep_tuner, "check_resources", lambda *args: None)
+    monkeypatch.setattr(sweep_tuner, "mark_interrupted", lambda out: ["finished"])
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)  # joined: nothing to start or shut down
+    monkeypatch.setattr(ray, "nodes", lambda: [])
+    space = search_space.parse_search_space(copy.deepcopy(VALID), "ok")
+    assert sweep_tuner.run_study(space, tmp_path, None, False, "disabled") == ["finished"]
+    assert restored == [False, True]  # started, then resumed from the trials' checkpoints
+    assert "Ray killed trial workers: the machine ran low on memory; resuming" in capsys.readouterr().out
+    fits = iter([RuntimeError("something else")])
+    with pytest.raises(RuntimeError, match="something else"):  # not retried
+        sweep_tuner.run_study(space, tmp_path, None, False, "disabled")
+
+
 def test_the_resume_hint_of_an_interrupted_study_continues_it(tmp_path, tiny_base, monkeypatch, capsys):
     path = tmp_path / "space.yaml"
     path.write_text(yaml.safe_dump({**tiny_base(), **copy.deepcopy(VALID), "wandb": {"mode": "disabled"}}))
