@@ -17,7 +17,7 @@ from study.report.curves import (
 from study.report.formatting import status_counts
 from study.report.loading import Study
 from study.report.plots import write_plots
-from study.report.statistics import caveats
+from study.report.statistics import caveats, near_chance
 from study.report.tables import (
     against_finetune,
     best_configuration,
@@ -57,6 +57,7 @@ def study_lines(
     plots = write_plots(study, plots_folder)
     h1, h2 = "#" * level, "#" * (level + 1)
     lines = [f"{h1} Study {study.name}", "", _overview(study), ""]
+    lines += [line for warning in (near_chance(study),) if warning for line in (warning, "")]
     lines += [f"{h2} Verdict", "", *verdict(study), ""]
     lines += [f"{h2} Caveats", "", *caveats(study), ""]
     lines += [f"{h2} Pairs", "", *pairs_section(study), ""]

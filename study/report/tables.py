@@ -15,7 +15,9 @@ import pandas as pd
 from study.report.formatting import is_missing, markdown_table, pm, shown_value, status_counts
 from study.report.loading import SEED, Study
 from study.report.statistics import (
+    NEAR_CHANCE,
     comparisons,
+    near_chance,
     p_value,
     paired_comparison,
     pairing_call,
@@ -176,11 +178,18 @@ def best_configuration(study: Study) -> list[str]:
     if best.empty or pd.isna(best.iloc[0]["mAP_mean"]):
         return ["No trial has been validated yet."]
     row = best.iloc[0]
-    lines = [
-        f"**{row['schedule']}**: best {study.metric} {pm(row['mAP_mean'], row['mAP_std'])}, "
-        f"rank-1 {pm(row['rank1_mean'], row['rank1_std'])} over {row['seeds']} seed(s).",
-        "",
-    ]
+    scores = (
+        f"best {study.metric} {pm(row['mAP_mean'], row['mAP_std'])}, "
+        f"rank-1 {pm(row['rank1_mean'], row['rank1_std'])} over {row['seeds']} seed(s)"
+    )
+    if near_chance(study):
+        first = (
+            f"None: every configuration is at chance level (under {NEAR_CHANCE:g} × a random ranking's "
+            f"{study.metric}). The highest, for the record, `{row['schedule']}`: {scores}."
+        )
+    else:
+        first = f"**{row['schedule']}**: {scores}."
+    lines = [first, ""]
     lines += [f"- `{key}`: {shown_value(row[key])}" for key in study.keys if not is_missing(row[key])]
     final = f", or on the test protocol with `python -m study.report {study.folder} --final`"
     lines += [

@@ -626,3 +626,50 @@ def test_a_random_rankings_expected_ap_matches_every_permutation():
             ranks = [i + 1 for i, hit in enumerate(order) if hit]
             aps.append(sum((j + 1) / r for j, r in enumerate(ranks)) / m)
         assert statistics.random_ranking_ap(n, m) == pytest.approx(sum(aps) / len(aps))
+
+
+# ----------------------------------------------------------------------------- at chance level
+
+
+def scaled_to_chance(study, factor):
+    """The study with every trial's best and final mAP scaled so that the best schedule's mean best
+    mAP is ``factor`` × the chance level of its split."""
+    chance = statistics.chance_level(study)[2]
+    top = study.best_per_schedule().iloc[0]["mAP_mean"]
+    for column in ("best_val_mAP", "final_val_mAP"):
+        study.results[column] = study.results[column] * factor * chance / top
+    return study
+
+
+def test_results_under_near_chance_times_the_chance_level_are_called_at_chance(tmp_path, tiny_base):
+    write_study(tmp_path, tiny_base)
+    study = loading.load_study(tmp_path)
+    assert statistics.near_chance(study) is None  # rollback's 45 % is 2.6 x the split's 17.17 %
+    assert tables.best_configuration(study)[0].startswith("**incremental_rollback**: best val_mAP 45.00")
+    just_above = scaled_to_chance(loading.load_study(tmp_path), statistics.NEAR_CHANCE * 1.01)
+    assert statistics.near_chance(just_above) is None
+    below = scaled_to_chance(loading.load_study(tmp_path), statistics.NEAR_CHANCE * 0.99)
+    warning = statistics.near_chance(below)
+    assert warning.startswith("**Results at chance level: no schedule learned enough to compare.** ")
+    # 1.485 x 17.17 %: 25.50 %
+    assert (
+        "The best, `incremental_rollback`, reaches 25.50 % best val_mAP (mean over seeds), under 1.5 × "
+        in (warning)
+    )
+    assert "the 17.17 % a random ranking of this split scores" in warning
+    assert tables.best_configuration(below)[0].startswith(
+        "None: every configuration is at chance level (under 1.5 × a random ranking's val_mAP). "
+        "The highest, for the record, `incremental_rollback`: best val_mAP 25.50"
+    )
+
+
+def test_a_report_at_chance_says_so_before_the_verdict(tmp_path, tiny_base):
+    write_study(tmp_path, tiny_base)
+    study = scaled_to_chance(loading.load_study(tmp_path), 1.0)
+    atomic_write_csv(tmp_path / "results.csv", study.results.to_dict("records"))
+    cli.main([str(tmp_path)])
+    lines = (tmp_path / "report.md").read_text().splitlines()
+    warning = next(i for i, line in enumerate(lines) if line.startswith("**Results at chance level"))
+    assert warning < lines.index("## Verdict")
+    best = lines.index("## Best configuration")
+    assert lines[best + 2].startswith("None: every configuration is at chance level")
