@@ -217,13 +217,21 @@ def importance_section(study: Study) -> list[str]:
     except KeyError:
         return [f"optuna.db holds no study named {study.name!r}."]
     complete = [t for t in stored.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    varying = sorted(
-        {k for t in complete for k in t.params if len({str(u.params.get(k)) for u in complete}) > 1}
-    )
-    if len(complete) < 2 * len(varying) + 1 or not varying:
+    # only what every trial has and not all share: a constant explains nothing, yet gets a share
+    shared = set.intersection(*(set(t.params) for t in complete)) if complete else set()
+    varying = sorted(k for k in shared if len({str(t.params[k]) for t in complete}) > 1)
+    constant = sorted(shared - set(varying))
+    if len(varying) < 2:
+        same = f"; {', '.join(f'`{k}`' for k in constant)} took one value in every trial" if constant else ""
         return [
-            f"Not computed: needs a varying parameter and at least 2 completed configurations per varying "
-            f"parameter, plus one (has {len(complete)} for {len(varying)})."
+            f"Not computed: {len(varying)} parameter(s) varied over the {len(complete)} completed "
+            f"configurations ({', '.join(f'`{k}`' for k in varying) or 'none'}){same}; importance "
+            "shares the effect out among at least two parameters that vary."
+        ]
+    if len(complete) < 2 * len(varying) + 1:
+        return [
+            f"Not computed: needs at least 2 completed configurations per varying parameter, plus one "
+            f"(has {len(complete)} for {len(varying)})."
         ]
     confounded = _confounded_with_schedule(complete, varying)
     if confounded:
@@ -234,13 +242,13 @@ def importance_section(study: Study) -> list[str]:
     with _quiet_warnings():
         try:
             importances = optuna.importance.get_param_importances(
-                stored, evaluator=optuna.importance.PedAnovaImportanceEvaluator()
+                stored, evaluator=optuna.importance.PedAnovaImportanceEvaluator(), params=varying
             )
         except (ValueError, RuntimeError) as error:
             return [f"Not computed: {error}"]
     lines = [
         f"PED-ANOVA over {len(complete)} completed configurations (Optuna trials, seeds averaged); "
-        "parameters that only some schedules have are left out"
+        "parameters that only some schedules have, or that every trial shares, are left out"
         f"{'; rough with so few configurations' if len(complete) < 10 else ''}. "
         f"Open the study with `optuna-dashboard sqlite:///{db}`.",
         "",

@@ -158,15 +158,72 @@ def test_importance_is_computed_from_the_optuna_study(tmp_path, tiny_base):
 
 
 def test_importance_needs_two_completed_configurations_per_varying_parameter(tmp_path, tiny_base):
-    write_study(tmp_path, tiny_base, optuna_values=(0.25,))
+    write_study(tmp_path, tiny_base, optuna_values=(0.25, 0.45, 0.20))
     section = tables.importance_section(loading.load_study(tmp_path))
     assert section == [
-        "Not computed: needs a varying parameter and at least 2 completed configurations per varying "
-        "parameter, plus one (has 1 for 0)."
+        "Not computed: needs at least 2 completed configurations per varying parameter, plus one "
+        "(has 3 for 2)."
     ]
     write_study(tmp_path / "four", tiny_base, optuna_values=(0.25, 0.45, 0.20, 0.50))
     section = tables.importance_section(loading.load_study(tmp_path / "four"))
     assert section[0].endswith("(has 4 for 2).")  # schedule and lr: 5 needed
+
+
+def write_optuna_trials(folder, trials):
+    """optuna.db of study "mini" holding completed trials (params, value)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    (folder / "optuna.db").unlink(missing_ok=True)
+    study = optuna.create_study(
+        study_name="mini", storage=f"sqlite:///{folder / 'optuna.db'}", direction="maximize"
+    )
+    distributions = {
+        "schedule.name": optuna.distributions.CategoricalDistribution(["finetune", "incremental_rollback"]),
+        "schedule.lr": optuna.distributions.FloatDistribution(0.005, 0.05, log=True),
+        "train.weight_decay": optuna.distributions.FloatDistribution(1e-5, 1e-2, log=True),
+    }
+    for params, value in trials:
+        study.add_trial(
+            optuna.trial.create_trial(
+                params=params, distributions={k: distributions[k] for k in params}, value=value
+            )
+        )
+
+
+def test_importance_leaves_out_parameters_every_trial_shares(tmp_path, tiny_base):
+    write_study(tmp_path, tiny_base)
+    # the paired demo's shape: three trials, one per schedule, all at one sampled lr
+    names = ["finetune", "incremental_rollback", "finetune"]
+    write_optuna_trials(
+        tmp_path,
+        [
+            ({"schedule.name": name, "schedule.lr": 0.0107}, value)
+            for name, value in zip(names, (0.1, 0.3, 0.2), strict=True)
+        ],
+    )
+    assert tables.importance_section(loading.load_study(tmp_path)) == [
+        "Not computed: 1 parameter(s) varied over the 3 completed configurations (`schedule.name`); "
+        "`schedule.lr` took one value in every trial; importance shares the effect out among at least two "
+        "parameters that vary."
+    ]
+    # with two that vary, the shared lr gets no row
+    trials = [
+        ({"schedule.name": name, "schedule.lr": 0.0107, "train.weight_decay": decay}, value)
+        for name, decay, value in [
+            ("finetune", 1e-4, 0.10),
+            ("incremental_rollback", 1e-3, 0.30),
+            ("finetune", 1e-3, 0.22),
+            ("incremental_rollback", 1e-4, 0.25),
+            ("finetune", 5e-4, 0.15),
+            ("incremental_rollback", 5e-4, 0.28),
+        ]
+    ]
+    write_optuna_trials(tmp_path, trials)
+    section = tables.importance_section(loading.load_study(tmp_path))
+    assert section[0].startswith("PED-ANOVA over 6 completed configurations")
+    names = {line.split("`")[1] for line in section if line.startswith("| `")}
+    assert names == {"schedule.name", "train.weight_decay"}
 
 
 def test_importance_is_not_computed_when_a_parameter_is_confounded_with_the_schedule(tmp_path, tiny_base):
