@@ -730,3 +730,25 @@ def test_a_report_at_chance_says_so_before_the_verdict(tmp_path, tiny_base):
     assert warning < lines.index("## Verdict")
     best = lines.index("## Best configuration")
     assert lines[best + 2].startswith("None: every configuration is at chance level")
+
+
+def test_the_map_plot_draws_the_chance_level_as_a_dashed_line(tmp_path, tiny_base, monkeypatch):
+    from study.report import plots
+
+    saved = {}
+
+    def keep(fig, path, rect=(0, 0, 1, 1)):
+        saved[path.name] = fig
+        return path
+
+    monkeypatch.setattr(plots, "_save", keep)
+    write_study(tmp_path, tiny_base)
+    study = loading.load_study(tmp_path)
+    plots.write_plots(study, tmp_path / "plots")
+    (ax,) = saved["val_mAP.png"].axes
+    (line,) = [line for line in ax.get_lines() if line.get_label() == "chance"]
+    assert line.get_linestyle() == "--"
+    assert list(line.get_ydata()) == [pytest.approx(statistics.chance_level(study)[2] * 100)] * 2
+    assert "chance" in [text.get_text() for text in ax.get_legend().get_texts()]
+    (loss,) = saved["loss.png"].axes
+    assert "chance" not in [line.get_label() for line in loss.get_lines()]
