@@ -55,7 +55,7 @@ def _mark_periods(ax: Any, rows: pd.DataFrame) -> bool:
 def _chance_map(study: Study) -> float | None:
     """A random ranking's expected mAP on the study's evaluation split, where it can be computed."""
     from study.errors import UserError
-    from study.report.statistics import chance_level
+    from study.report.chance import chance_level
 
     try:
         chance = chance_level(study)

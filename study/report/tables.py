@@ -12,12 +12,12 @@ from typing import Any
 
 import pandas as pd
 
+from study.report.chance import NEAR_CHANCE, near_chance
 from study.report.formatting import is_missing, markdown_table, pm, shown_value, status_counts
-from study.report.loading import SEED, Study
+from study.report.loading import Study
 from study.report.statistics import (
-    NEAR_CHANCE,
+    compared_values,
     comparisons,
-    near_chance,
     p_value,
     paired_comparison,
     pairing_call,
@@ -67,13 +67,14 @@ def verdict(study: Study) -> list[str]:
     ]
     for c in found:
         gap = c.differences.mean() * 100
+        name = f"**{c.schedule}**" + ("" if c.epoch is None else f" (*interim, at epoch {c.epoch}*)")
         if c.seeds < 2:
             detail = f"{gap:+.2f} points on 1 seed; one seed gives no interval, so no call can be made"
-            lines.append(f"- **{c.schedule}**: {detail}; {pairing_call(list(c.pairs))}.")
+            lines.append(f"- {name}: {detail}; {pairing_call(list(c.pairs))}.")
             continue
         words = c.call if c.call == "no detectable difference" else f"{c.call} than {baseline}"
         lines.append(
-            f"- **{c.schedule}**: {words}: {gap:+.2f} points (95 % CI {c.low * 100:+.2f} to "
+            f"- {name}: {words}: {gap:+.2f} points (95 % CI {c.low * 100:+.2f} to "
             f"{c.high * 100:+.2f}; {c.seeds} seeds, better on {int((c.differences > 0).sum())}); "
             f"{pairing_call(list(c.pairs))}."
         )
@@ -135,31 +136,26 @@ def against_finetune(study: Study) -> list[str]:
     final = f"final_{study.prefix}_mAP"
     if "finetune" not in set(best["schedule"]) or final not in study.results:
         return ["No comparison: the study has no `finetune` trials."]
-    results = study.results.set_index("trial_id")
-
-    def per_seed(row: pd.Series) -> pd.Series:
-        trials = results.loc[row["trial_ids"]].dropna(subset=[final])
-        return trials.groupby(SEED)[final].mean()
-
-    baseline = per_seed(best[best["schedule"] == "finetune"].iloc[0])
+    finetune = best[best["schedule"] == "finetune"].iloc[0]
     lines = [
         f"Final {study.metric} (the last evaluation of each run) minus `finetune`'s, in points; p: Welch's "
         "two-sided t-test over the seeds (with a few seeds only a large, consistent gap stands out of the "
         "seed noise); seeds better: the seeds whose run beats `finetune`'s run of the same seed.",
     ]
-    rows = []
+    rows, interim = [], False
     for _, row in best.iterrows():
         if row["schedule"] == "finetune":
             continue
-        values = per_seed(row)
+        values, baseline, epoch = compared_values(study, row, finetune)
         if values.empty or baseline.empty:
             continue
+        interim |= epoch is not None
         common = values.index.intersection(baseline.index)
         better = int((values[common] > baseline[common]).sum())
         gap = (values.mean() - baseline.mean()) * 100
         rows.append(
             [
-                row["schedule"],
+                row["schedule"] + ("" if epoch is None else f" (*interim, at epoch {epoch}*)"),
                 pm(values.mean(), values.std(ddof=1)),
                 f"{gap:+.2f}",
                 p_value(values, baseline),
@@ -168,6 +164,8 @@ def against_finetune(study: Study) -> list[str]:
         )
     if not rows:
         return ["No schedule besides `finetune` has been evaluated yet."]
+    if interim:
+        lines[0] += " *Interim, at epoch N*: runs unfinished; both schedules' runs read at that epoch."
     header = ["schedule", f"final {study.prefix} mAP", "Δ vs finetune", "p", "seeds better"]
     return [*lines, "", *markdown_table(header, rows)]
 

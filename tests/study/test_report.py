@@ -11,7 +11,7 @@ import yaml
 
 from study.errors import UserError
 from study.files import atomic_write_csv
-from study.report import cli, curves, final, loading, statistics, tables
+from study.report import chance, cli, curves, final, loading, statistics, tables
 
 # (trial id, schedule, schedule.lr, seed, status, best val mAP, best rank-1, val mAP by epoch)
 TRIALS = [
@@ -682,7 +682,7 @@ def test_a_random_rankings_expected_ap_matches_every_permutation():
         for order in itertools.permutations([1] * m + [0] * (n - m)):
             ranks = [i + 1 for i, hit in enumerate(order) if hit]
             aps.append(sum((j + 1) / r for j, r in enumerate(ranks)) / m)
-        assert statistics.random_ranking_ap(n, m) == pytest.approx(sum(aps) / len(aps))
+        assert chance.random_ranking_ap(n, m) == pytest.approx(sum(aps) / len(aps))
 
 
 # ----------------------------------------------------------------------------- at chance level
@@ -691,22 +691,22 @@ def test_a_random_rankings_expected_ap_matches_every_permutation():
 def scaled_to_chance(study, factor):
     """The study with every trial's best and final mAP scaled so that the best schedule's mean best
     mAP is ``factor`` × the chance level of its split."""
-    chance = statistics.chance_level(study)[2]
+    level = chance.chance_level(study)[2]
     top = study.best_per_schedule().iloc[0]["mAP_mean"]
     for column in ("best_val_mAP", "final_val_mAP"):
-        study.results[column] = study.results[column] * factor * chance / top
+        study.results[column] = study.results[column] * factor * level / top
     return study
 
 
 def test_results_under_near_chance_times_the_chance_level_are_called_at_chance(tmp_path, tiny_base):
     write_study(tmp_path, tiny_base)
     study = loading.load_study(tmp_path)
-    assert statistics.near_chance(study) is None  # rollback's 45 % is 2.6 x the split's 17.17 %
+    assert chance.near_chance(study) is None  # rollback's 45 % is 2.6 x the split's 17.17 %
     assert tables.best_configuration(study)[0].startswith("**incremental_rollback**: best val_mAP 45.00")
-    just_above = scaled_to_chance(loading.load_study(tmp_path), statistics.NEAR_CHANCE * 1.01)
-    assert statistics.near_chance(just_above) is None
-    below = scaled_to_chance(loading.load_study(tmp_path), statistics.NEAR_CHANCE * 0.99)
-    warning = statistics.near_chance(below)
+    just_above = scaled_to_chance(loading.load_study(tmp_path), chance.NEAR_CHANCE * 1.01)
+    assert chance.near_chance(just_above) is None
+    below = scaled_to_chance(loading.load_study(tmp_path), chance.NEAR_CHANCE * 0.99)
+    warning = chance.near_chance(below)
     assert warning.startswith("**Results at chance level: no schedule learned enough to compare.** ")
     # 1.485 x 17.17 %: 25.50 %
     assert (
@@ -748,7 +748,58 @@ def test_the_map_plot_draws_the_chance_level_as_a_dashed_line(tmp_path, tiny_bas
     (ax,) = saved["val_mAP.png"].axes
     (line,) = [line for line in ax.get_lines() if line.get_label() == "chance"]
     assert line.get_linestyle() == "--"
-    assert list(line.get_ydata()) == [pytest.approx(statistics.chance_level(study)[2] * 100)] * 2
+    assert list(line.get_ydata()) == [pytest.approx(chance.chance_level(study)[2] * 100)] * 2
     assert "chance" in [text.get_text() for text in ax.get_legend().get_texts()]
     (loss,) = saved["loss.png"].axes
     assert "chance" not in [line.get_label() for line in loss.get_lines()]
+
+
+# ----------------------------------------------------------------------------- a study still running
+
+
+def test_unfinished_runs_are_compared_at_the_latest_epoch_all_reached_and_named_first(tmp_path, tiny_base):
+    write_study(tmp_path, tiny_base)
+    study = loading.load_study(tmp_path)
+    assert statistics.unfinished_note(study) is None
+    (finished,) = statistics.comparisons(study)[1]
+    assert finished.epoch is None  # all ended: final against final, 0.40 - 0.30 and 0.50 - 0.15
+    assert list(finished.differences) == [pytest.approx(0.10), pytest.approx(0.35)]
+
+    results = pd.read_csv(tmp_path / "results.csv")
+    results.loc[results["trial_id"] == "ir1", "status"] = "running"  # 1 epoch of 2 done
+    atomic_write_csv(tmp_path / "results.csv", results.to_dict("records"))
+    study = loading.load_study(tmp_path)
+    (interim,) = statistics.comparisons(study)[1]
+    # every run has epoch 1: rollback 0.20, 0.50 against finetune 0.10, 0.20 (not finetune's final 0.15)
+    assert interim.epoch == 1
+    assert list(interim.differences) == [pytest.approx(0.10), pytest.approx(0.30)]
+    cli.main([str(tmp_path)])
+    lines = (tmp_path / "report.md").read_text().splitlines()
+    note = next(i for i, line in enumerate(lines) if line.startswith("**Study still running"))
+    assert note < lines.index("## Verdict")
+    assert lines[note].startswith(
+        "**Study still running: 1 of 4 trials unfinished**: ir1 (incremental_rollback, seed 1, running, "
+        "1 epochs done). A comparison that involves them reads every seed of both schedules at one epoch"
+    )
+    # differences 0.10, 0.30: mean 0.20, sd 0.1414, t(0.975, 1) = 12.706 -> 20.00 ± 127.06 points
+    assert (
+        "- **incremental_rollback** (*interim, at epoch 1*): no detectable difference: +20.00 points "
+        "(95 % CI -107.06 to +147.06; 2 seeds, better on 2)" in lines[lines.index("## Verdict") + 4]
+    )
+    against = tables.against_finetune(study)
+    assert against[0].endswith(
+        " *Interim, at epoch N*: runs unfinished; both schedules' runs read at that epoch."
+    )
+    assert against[4].startswith("| incremental_rollback (*interim, at epoch 1*) | 35.00 ± 21.21 | +20.00 |")
+
+
+def test_a_seed_whose_unfinished_run_has_no_evaluation_yet_is_left_out(tmp_path, tiny_base):
+    write_study(tmp_path, tiny_base)
+    study = loading.load_study(tmp_path)
+    study.results.loc[study.results["trial_id"] == "ir1", "status"] = "pending"
+    study.epochs = study.epochs[study.epochs["trial_id"] != "ir1"]
+    best = study.best_per_schedule()
+    rollback, finetune = (best[best["schedule"] == s].iloc[0] for s in ("incremental_rollback", "finetune"))
+    values, reference, epoch = statistics.compared_values(study, rollback, finetune)
+    # seed 0 alone, at epoch 2, the latest ir0 and ft0 both evaluated
+    assert epoch == 2 and values.to_dict() == {0: 0.40} and reference.to_dict() == {0: 0.30}
