@@ -24,6 +24,7 @@ from study.report.statistics import (
     rebuilt_configs,
     seed_trials,
     trial_pair,
+    unfinished_trials,
 )
 
 
@@ -55,6 +56,8 @@ def schedules_table(study: Study) -> list[str]:
 def verdict(study: Study) -> list[str]:
     """Each schedule against the baseline in words, decided by the paired per-seed difference's 95 % CI."""
     baseline, found = comparisons(study)
+    if not found and not unfinished_trials(study).empty:
+        return ["No verdict yet: no schedule's runs and the baseline's have evaluated a common epoch yet."]
     if not found:
         return ["No verdict yet: no schedule has a final evaluation on a seed the baseline also has."]
     metric = f"final {study.metric}"

@@ -803,3 +803,8 @@ def test_a_seed_whose_unfinished_run_has_no_evaluation_yet_is_left_out(tmp_path,
     values, reference, epoch = statistics.compared_values(study, rollback, finetune)
     # seed 0 alone, at epoch 2, the latest ir0 and ft0 both evaluated
     assert epoch == 2 and values.to_dict() == {0: 0.40} and reference.to_dict() == {0: 0.30}
+    study.results.loc[study.results["trial_id"] == "ir0", "status"] = "pending"
+    study.epochs = study.epochs[study.epochs["trial_id"] != "ir0"]
+    assert tables.verdict(study) == [
+        "No verdict yet: no schedule's runs and the baseline's have evaluated a common epoch yet."
+    ]
