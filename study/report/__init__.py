@@ -16,8 +16,9 @@ schedules or seeds: ``merge_pieces``) and are reported as one; ``--final`` then 
 
 Modules, one concern each, each importing only those before it: ``formatting`` (markdown tables,
 ``mean ± std``), ``loading`` (the study as read from disk: ``Study``, ``load_study``,
-``merge_pieces``), ``statistics`` (paired comparisons and their intervals, pairs, chance level,
-caveats), ``tables`` and ``curves`` (the report's sections, as markdown), ``plots``, ``document``
-(the sections in order, written to report.md), ``final`` (the ``--final`` retraining, the only
-module that trains) and ``cli`` (the command).
+``merge_pieces``), ``chance`` (the chance level of the evaluation split, results near it),
+``statistics`` (paired comparisons and their intervals, pairs, runs still training, caveats),
+``tables`` and ``curves`` (the report's sections, as markdown), ``plots``, ``document`` (the
+sections in order, written to report.md), ``final`` (the ``--final`` retraining, the only module
+that trains) and ``cli`` (the command).
 """

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from study.files import atomic_write_text
+from study.report.chance import near_chance
 from study.report.curves import (
     boundary_gradient_table,
     drift_table,
@@ -17,7 +18,7 @@ from study.report.curves import (
 from study.report.formatting import status_counts
 from study.report.loading import Study
 from study.report.plots import write_plots
-from study.report.statistics import caveats
+from study.report.statistics import caveats, unfinished_note
 from study.report.tables import (
     against_finetune,
     best_configuration,
@@ -57,6 +58,9 @@ def study_lines(
     plots = write_plots(study, plots_folder)
     h1, h2 = "#" * level, "#" * (level + 1)
     lines = [f"{h1} Study {study.name}", "", _overview(study), ""]
+    lines += [
+        line for warning in (unfinished_note(study), near_chance(study)) if warning for line in (warning, "")
+    ]
     lines += [f"{h2} Verdict", "", *verdict(study), ""]
     lines += [f"{h2} Caveats", "", *caveats(study), ""]
     lines += [f"{h2} Pairs", "", *pairs_section(study), ""]

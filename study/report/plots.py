@@ -24,7 +24,9 @@ def write_plots(study: Study, folder: Path) -> dict[str, Path]:
         m = study.metric
         validated = curves.dropna(subset=[m]) if m in curves else curves.iloc[0:0]
         if not validated.empty:
-            plots[f"{m} against epoch"] = _line_plot(validated, m, 100, f"{m} (%)", folder / f"{m}.png")
+            chance = _chance_map(study)
+            path = folder / f"{m}.png"
+            plots[f"{m} against epoch"] = _line_plot(validated, m, 100, f"{m} (%)", path, chance)
         plots["training loss against epoch"] = _line_plot(
             curves, "loss", 1, "training loss", folder / "loss.png"
         )
@@ -50,7 +52,22 @@ def _mark_periods(ax: Any, rows: pd.DataFrame) -> bool:
     return bool(boundaries)
 
 
-def _line_plot(rows: pd.DataFrame, column: str, scale: float, label: str, path: Path) -> Path:
+def _chance_map(study: Study) -> float | None:
+    """A random ranking's expected mAP on the study's evaluation split, where it can be computed."""
+    from study.errors import UserError
+    from study.report.chance import chance_level
+
+    try:
+        chance = chance_level(study)
+    except (UserError, OSError, ValueError, KeyError):  # the caveats say why
+        return None
+    return None if chance is None else chance[2]
+
+
+def _line_plot(
+    rows: pd.DataFrame, column: str, scale: float, label: str, path: Path, chance: float | None = None
+) -> Path:
+    """Mean over seeds against the epoch, per schedule; ``chance``: the chance level, drawn dashed."""
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
@@ -60,6 +77,8 @@ def _line_plot(rows: pd.DataFrame, column: str, scale: float, label: str, path: 
         stats = (group.groupby("epoch")[column].agg(["mean", "min", "max"]) * scale).reset_index()
         (line,) = ax.plot(stats["epoch"], stats["mean"], marker="o", markersize=3, label=schedule)
         ax.fill_between(stats["epoch"], stats["min"], stats["max"], color=line.get_color(), alpha=0.15)
+    if chance is not None:
+        ax.axhline(chance * scale, color="0.3", linestyle="--", linewidth=1, label="chance")
     marked = _mark_periods(ax, rows)
     title = f"{label}: mean over seeds (band: min to max)" + ("\ndotted: period boundaries" if marked else "")
     ax.set(xlabel="epoch", ylabel=label, title=title)

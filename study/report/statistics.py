@@ -1,6 +1,7 @@
 """What a study's numbers can show: each schedule against the baseline, seed by seed, with the 95 %
 t-interval of the mean difference (``comparisons``); which runs of one seed are exactly paired
-(``Pair``); the chance level of the evaluation split; and the caveats the study's own data raises."""
+(``Pair``); the runs still training (``compared_values``: compared at one epoch); and the caveats the
+study's own data raises."""
 
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from study.errors import UserError
+from study.report.chance import chance_level
 from study.report.formatting import is_missing, shown_value
 from study.report.loading import SEED, Study, best_curves
 
@@ -148,6 +149,7 @@ class Comparison:
     low: float
     high: float
     pairs: tuple[Pair, ...] = ()  # the seeds' trial pairs behind the differences
+    epoch: int | None = None  # where runs are unfinished: the one epoch all were compared at; None: final
 
     @property
     def seeds(self) -> int:
@@ -183,24 +185,92 @@ def paired_comparison(schedule: str, values: pd.Series, baseline: pd.Series) -> 
 
 
 def comparisons(study: Study) -> tuple[str | None, list[Comparison]]:
-    """The baseline, and every other schedule's best configuration compared with its best, paired by seed."""
+    """The baseline, and every other schedule's best configuration compared with its best, paired by seed
+    (at one common epoch where runs are unfinished: ``compared_values``)."""
     baseline = baseline_schedule(study)
     best = study.best_per_schedule()
     if baseline is None or baseline not in set(best["schedule"]):
         return baseline, []
     reference_row = best[best["schedule"] == baseline].iloc[0]
-    reference, reference_trials = final_per_seed(study, reference_row), seed_trials(study, reference_row)
+    reference_trials = seed_trials(study, reference_row)
     configs = rebuilt_configs(study)
     found = []
     for _, row in best.iterrows():
         if row["schedule"] != baseline:
-            compared = paired_comparison(row["schedule"], final_per_seed(study, row), reference)
+            values, reference, epoch = compared_values(study, row, reference_row)
+            compared = paired_comparison(row["schedule"], values, reference)
             trials = seed_trials(study, row)
             seeds = compared.differences.index
             pairs = tuple(trial_pair(study, trials[s], reference_trials[s], configs) for s in seeds)
             if compared.seeds:
-                found.append(dataclasses.replace(compared, pairs=pairs))
+                found.append(dataclasses.replace(compared, pairs=pairs, epoch=epoch))
     return baseline, found
+
+
+# Ray's states of a trial that has not ended, and a stopped sweep's (``--resume`` continues it); a trial
+# that ASHA stopped has ended ("stopped"): its last evaluation is final.
+UNFINISHED = ("running", "pending", "paused", "interrupted")
+
+
+def unfinished_trials(study: Study) -> pd.DataFrame:
+    """The results.csv rows of the trials still to train on."""
+    return study.results[study.results["status"].isin(UNFINISHED)]
+
+
+def compared_values(
+    study: Study, row: pd.Series, reference_row: pd.Series
+) -> tuple[pd.Series, pd.Series, int | None]:
+    """Two configurations' metric by seed, and the epoch they were read at (None: their final metric).
+
+    Where all their runs have ended, each run's final metric. Where one is unfinished, a final metric
+    would set a run half-way through against one at its end: every seed both have is read at one
+    epoch, the latest that all of these runs evaluated (seeds a run of which has no evaluation yet
+    are left out); no such epoch: nothing to compare.
+    """
+    values, reference = final_per_seed(study, row), final_per_seed(study, reference_row)
+    trials, reference_trials = seed_trials(study, row), seed_trials(study, reference_row)
+    seeds = sorted(set(trials) & set(reference_trials))
+    unfinished = set(unfinished_trials(study)["trial_id"])
+    if not unfinished & {t for s in seeds for t in (trials[s], reference_trials[s])} or study.epochs.empty:
+        return values, reference, None
+    evaluated = (
+        study.epochs.dropna(subset=[study.metric]) if study.metric in study.epochs else study.epochs[:0]
+    )
+    epochs = {t: set(rows["epoch"]) for t, rows in evaluated.groupby("trial_id")}
+    seeds = [s for s in seeds if epochs.get(trials[s]) and epochs.get(reference_trials[s])]
+    common = (
+        set.intersection(*(epochs[t] for s in seeds for t in (trials[s], reference_trials[s])))
+        if seeds
+        else set()
+    )
+    if not common:
+        return pd.Series(dtype=float), pd.Series(dtype=float), None
+    epoch = int(max(common))
+    at_epoch = evaluated[evaluated["epoch"] == epoch].groupby("trial_id")[study.metric].mean()
+
+    def by_seed(chosen: dict[int, str]) -> pd.Series:
+        return pd.Series({s: at_epoch[chosen[s]] for s in seeds}, dtype=float)
+
+    return by_seed(trials), by_seed(reference_trials), epoch
+
+
+def unfinished_note(study: Study) -> str | None:
+    """A warning for the top of the report where trials are still to train on: which, and how the
+    verdict compares them; None where every trial has ended."""
+    unfinished = unfinished_trials(study)
+    if unfinished.empty:
+        return None
+    trials = ", ".join(
+        f"{row['trial_id']} ({row['schedule']}, seed {row[SEED]}, {row['status']}, "
+        f"{0 if pd.isna(row.get('epochs')) else int(row['epochs'])} epochs done)"
+        for _, row in unfinished.iterrows()
+    )
+    return (
+        f"**Study still running: {len(unfinished)} of {len(study.results)} trials unfinished**: {trials}. "
+        "A comparison that involves them reads every seed of both schedules at one epoch, the latest that "
+        "all their runs evaluated (marked *interim, at epoch N*), not at the runs' ends; the ranking by "
+        "best metric counts their evaluations so far."
+    )
 
 
 def p_value(a: pd.Series, b: pd.Series) -> str:
@@ -305,44 +375,3 @@ def _chance_level(study: Study) -> list[str]:
         f"- Chance level of this evaluation split ({queries} queries, {gallery} gallery images): a random "
         f"ranking scores {mAP * 100:.2f} % mAP and {rank1 * 100:.2f} % rank-1 in expectation."
     ]
-
-
-def chance_level(study: Study) -> tuple[int, int, float, float] | None:
-    """(queries, gallery images, expected mAP, expected rank-1) of a uniformly random ranking.
-
-    Per query with m true matches among the N gallery images it is ranked against (junk removed
-    as in the Market-1501 protocol), E[AP] = H_N / N + (m - 1) / (N - 1) · (1 - H_N / N) and
-    P(rank-1 is a match) = m / N; both are averaged over the queries that have a match.
-    """
-    from study.config import config_from_dict
-    from study.data import split_samples
-
-    config = config_from_dict({k: v for k, v in study.saved.items() if k in ("model", "data", "train")})
-    _, query, gallery = split_samples(config.data)
-    g_pid = np.array([s.pid for s in gallery])
-    g_cam = np.array([s.camid for s in gallery])
-    aps, tops = [], []
-    for sample in query:
-        kept = (g_pid != -1) & ~((g_pid == sample.pid) & (g_cam == sample.camid))
-        n = int(kept.sum())
-        m = int((kept & (g_pid == sample.pid)).sum())
-        if m == 0:
-            continue
-        aps.append(random_ranking_ap(n, m))
-        tops.append(m / n)
-    if not aps:
-        return None
-    return len(query), len(gallery), float(np.mean(aps)), float(np.mean(tops))
-
-
-def random_ranking_ap(n: int, m: int) -> float:
-    """Expected AP of a uniformly random ranking of n items, m of them true matches.
-
-    The i-th match at rank r has the other m - 1 spread over the n - 1 other ranks, (r - 1)(m - 1)/(n - 1)
-    of them before it in expectation: E[AP] = E[1/r] + (m - 1)/(n - 1) · (1 - E[1/r]), E[1/r] = H_n / n.
-
-    >>> random_ranking_ap(1, 1)
-    1.0
-    """
-    mean_inverse_rank = float(np.sum(1.0 / np.arange(1, n + 1))) / n
-    return mean_inverse_rank + ((m - 1) / (n - 1) if n > 1 else 0.0) * (1 - mean_inverse_rank)

@@ -12,9 +12,11 @@ from typing import Any
 
 import pandas as pd
 
+from study.report.chance import NEAR_CHANCE, near_chance
 from study.report.formatting import is_missing, markdown_table, pm, shown_value, status_counts
-from study.report.loading import SEED, Study
+from study.report.loading import Study
 from study.report.statistics import (
+    compared_values,
     comparisons,
     p_value,
     paired_comparison,
@@ -22,6 +24,7 @@ from study.report.statistics import (
     rebuilt_configs,
     seed_trials,
     trial_pair,
+    unfinished_trials,
 )
 
 
@@ -53,6 +56,8 @@ def schedules_table(study: Study) -> list[str]:
 def verdict(study: Study) -> list[str]:
     """Each schedule against the baseline in words, decided by the paired per-seed difference's 95 % CI."""
     baseline, found = comparisons(study)
+    if not found and not unfinished_trials(study).empty:
+        return ["No verdict yet: no schedule's runs and the baseline's have evaluated a common epoch yet."]
     if not found:
         return ["No verdict yet: no schedule has a final evaluation on a seed the baseline also has."]
     metric = f"final {study.metric}"
@@ -65,13 +70,14 @@ def verdict(study: Study) -> list[str]:
     ]
     for c in found:
         gap = c.differences.mean() * 100
+        name = f"**{c.schedule}**" + ("" if c.epoch is None else f" (*interim, at epoch {c.epoch}*)")
         if c.seeds < 2:
             detail = f"{gap:+.2f} points on 1 seed; one seed gives no interval, so no call can be made"
-            lines.append(f"- **{c.schedule}**: {detail}; {pairing_call(list(c.pairs))}.")
+            lines.append(f"- {name}: {detail}; {pairing_call(list(c.pairs))}.")
             continue
         words = c.call if c.call == "no detectable difference" else f"{c.call} than {baseline}"
         lines.append(
-            f"- **{c.schedule}**: {words}: {gap:+.2f} points (95 % CI {c.low * 100:+.2f} to "
+            f"- {name}: {words}: {gap:+.2f} points (95 % CI {c.low * 100:+.2f} to "
             f"{c.high * 100:+.2f}; {c.seeds} seeds, better on {int((c.differences > 0).sum())}); "
             f"{pairing_call(list(c.pairs))}."
         )
@@ -133,31 +139,26 @@ def against_finetune(study: Study) -> list[str]:
     final = f"final_{study.prefix}_mAP"
     if "finetune" not in set(best["schedule"]) or final not in study.results:
         return ["No comparison: the study has no `finetune` trials."]
-    results = study.results.set_index("trial_id")
-
-    def per_seed(row: pd.Series) -> pd.Series:
-        trials = results.loc[row["trial_ids"]].dropna(subset=[final])
-        return trials.groupby(SEED)[final].mean()
-
-    baseline = per_seed(best[best["schedule"] == "finetune"].iloc[0])
+    finetune = best[best["schedule"] == "finetune"].iloc[0]
     lines = [
         f"Final {study.metric} (the last evaluation of each run) minus `finetune`'s, in points; p: Welch's "
         "two-sided t-test over the seeds (with a few seeds only a large, consistent gap stands out of the "
         "seed noise); seeds better: the seeds whose run beats `finetune`'s run of the same seed.",
     ]
-    rows = []
+    rows, interim = [], False
     for _, row in best.iterrows():
         if row["schedule"] == "finetune":
             continue
-        values = per_seed(row)
+        values, baseline, epoch = compared_values(study, row, finetune)
         if values.empty or baseline.empty:
             continue
+        interim |= epoch is not None
         common = values.index.intersection(baseline.index)
         better = int((values[common] > baseline[common]).sum())
         gap = (values.mean() - baseline.mean()) * 100
         rows.append(
             [
-                row["schedule"],
+                row["schedule"] + ("" if epoch is None else f" (*interim, at epoch {epoch}*)"),
                 pm(values.mean(), values.std(ddof=1)),
                 f"{gap:+.2f}",
                 p_value(values, baseline),
@@ -166,6 +167,8 @@ def against_finetune(study: Study) -> list[str]:
         )
     if not rows:
         return ["No schedule besides `finetune` has been evaluated yet."]
+    if interim:
+        lines[0] += " *Interim, at epoch N*: runs unfinished; both schedules' runs read at that epoch."
     header = ["schedule", f"final {study.prefix} mAP", "Δ vs finetune", "p", "seeds better"]
     return [*lines, "", *markdown_table(header, rows)]
 
@@ -176,11 +179,18 @@ def best_configuration(study: Study) -> list[str]:
     if best.empty or pd.isna(best.iloc[0]["mAP_mean"]):
         return ["No trial has been validated yet."]
     row = best.iloc[0]
-    lines = [
-        f"**{row['schedule']}**: best {study.metric} {pm(row['mAP_mean'], row['mAP_std'])}, "
-        f"rank-1 {pm(row['rank1_mean'], row['rank1_std'])} over {row['seeds']} seed(s).",
-        "",
-    ]
+    scores = (
+        f"best {study.metric} {pm(row['mAP_mean'], row['mAP_std'])}, "
+        f"rank-1 {pm(row['rank1_mean'], row['rank1_std'])} over {row['seeds']} seed(s)"
+    )
+    if near_chance(study):
+        first = (
+            f"None: every configuration is at chance level (under {NEAR_CHANCE:g} × a random ranking's "
+            f"{study.metric}). The highest, for the record, `{row['schedule']}`: {scores}."
+        )
+    else:
+        first = f"**{row['schedule']}**: {scores}."
+    lines = [first, ""]
     lines += [f"- `{key}`: {shown_value(row[key])}" for key in study.keys if not is_missing(row[key])]
     final = f", or on the test protocol with `python -m study.report {study.folder} --final`"
     lines += [
@@ -208,13 +218,21 @@ def importance_section(study: Study) -> list[str]:
     except KeyError:
         return [f"optuna.db holds no study named {study.name!r}."]
     complete = [t for t in stored.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    varying = sorted(
-        {k for t in complete for k in t.params if len({str(u.params.get(k)) for u in complete}) > 1}
-    )
-    if len(complete) < 2 * len(varying) + 1 or not varying:
+    # only what every trial has and not all share: a constant explains nothing, yet gets a share
+    shared = set.intersection(*(set(t.params) for t in complete)) if complete else set()
+    varying = sorted(k for k in shared if len({str(t.params[k]) for t in complete}) > 1)
+    constant = sorted(shared - set(varying))
+    if len(varying) < 2:
+        same = f"; {', '.join(f'`{k}`' for k in constant)} took one value in every trial" if constant else ""
         return [
-            f"Not computed: needs a varying parameter and at least 2 completed configurations per varying "
-            f"parameter, plus one (has {len(complete)} for {len(varying)})."
+            f"Not computed: {len(varying)} parameter(s) varied over the {len(complete)} completed "
+            f"configurations ({', '.join(f'`{k}`' for k in varying) or 'none'}){same}; importance "
+            "shares the effect out among at least two parameters that vary."
+        ]
+    if len(complete) < 2 * len(varying) + 1:
+        return [
+            f"Not computed: needs at least 2 completed configurations per varying parameter, plus one "
+            f"(has {len(complete)} for {len(varying)})."
         ]
     confounded = _confounded_with_schedule(complete, varying)
     if confounded:
@@ -225,13 +243,13 @@ def importance_section(study: Study) -> list[str]:
     with _quiet_warnings():
         try:
             importances = optuna.importance.get_param_importances(
-                stored, evaluator=optuna.importance.PedAnovaImportanceEvaluator()
+                stored, evaluator=optuna.importance.PedAnovaImportanceEvaluator(), params=varying
             )
         except (ValueError, RuntimeError) as error:
             return [f"Not computed: {error}"]
     lines = [
         f"PED-ANOVA over {len(complete)} completed configurations (Optuna trials, seeds averaged); "
-        "parameters that only some schedules have are left out"
+        "parameters that only some schedules have, or that every trial shares, are left out"
         f"{'; rough with so few configurations' if len(complete) < 10 else ''}. "
         f"Open the study with `optuna-dashboard sqlite:///{db}`.",
         "",

@@ -11,7 +11,7 @@ import yaml
 
 from study.errors import UserError
 from study.files import atomic_write_csv
-from study.report import cli, curves, final, loading, statistics, tables
+from study.report import chance, cli, curves, final, loading, statistics, tables
 
 # (trial id, schedule, schedule.lr, seed, status, best val mAP, best rank-1, val mAP by epoch)
 TRIALS = [
@@ -158,15 +158,72 @@ def test_importance_is_computed_from_the_optuna_study(tmp_path, tiny_base):
 
 
 def test_importance_needs_two_completed_configurations_per_varying_parameter(tmp_path, tiny_base):
-    write_study(tmp_path, tiny_base, optuna_values=(0.25,))
+    write_study(tmp_path, tiny_base, optuna_values=(0.25, 0.45, 0.20))
     section = tables.importance_section(loading.load_study(tmp_path))
     assert section == [
-        "Not computed: needs a varying parameter and at least 2 completed configurations per varying "
-        "parameter, plus one (has 1 for 0)."
+        "Not computed: needs at least 2 completed configurations per varying parameter, plus one "
+        "(has 3 for 2)."
     ]
     write_study(tmp_path / "four", tiny_base, optuna_values=(0.25, 0.45, 0.20, 0.50))
     section = tables.importance_section(loading.load_study(tmp_path / "four"))
     assert section[0].endswith("(has 4 for 2).")  # schedule and lr: 5 needed
+
+
+def write_optuna_trials(folder, trials):
+    """optuna.db of study "mini" holding completed trials (params, value)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    (folder / "optuna.db").unlink(missing_ok=True)
+    study = optuna.create_study(
+        study_name="mini", storage=f"sqlite:///{folder / 'optuna.db'}", direction="maximize"
+    )
+    distributions = {
+        "schedule.name": optuna.distributions.CategoricalDistribution(["finetune", "incremental_rollback"]),
+        "schedule.lr": optuna.distributions.FloatDistribution(0.005, 0.05, log=True),
+        "train.weight_decay": optuna.distributions.FloatDistribution(1e-5, 1e-2, log=True),
+    }
+    for params, value in trials:
+        study.add_trial(
+            optuna.trial.create_trial(
+                params=params, distributions={k: distributions[k] for k in params}, value=value
+            )
+        )
+
+
+def test_importance_leaves_out_parameters_every_trial_shares(tmp_path, tiny_base):
+    write_study(tmp_path, tiny_base)
+    # the paired demo's shape: three trials, one per schedule, all at one sampled lr
+    names = ["finetune", "incremental_rollback", "finetune"]
+    write_optuna_trials(
+        tmp_path,
+        [
+            ({"schedule.name": name, "schedule.lr": 0.0107}, value)
+            for name, value in zip(names, (0.1, 0.3, 0.2), strict=True)
+        ],
+    )
+    assert tables.importance_section(loading.load_study(tmp_path)) == [
+        "Not computed: 1 parameter(s) varied over the 3 completed configurations (`schedule.name`); "
+        "`schedule.lr` took one value in every trial; importance shares the effect out among at least two "
+        "parameters that vary."
+    ]
+    # with two that vary, the shared lr gets no row
+    trials = [
+        ({"schedule.name": name, "schedule.lr": 0.0107, "train.weight_decay": decay}, value)
+        for name, decay, value in [
+            ("finetune", 1e-4, 0.10),
+            ("incremental_rollback", 1e-3, 0.30),
+            ("finetune", 1e-3, 0.22),
+            ("incremental_rollback", 1e-4, 0.25),
+            ("finetune", 5e-4, 0.15),
+            ("incremental_rollback", 5e-4, 0.28),
+        ]
+    ]
+    write_optuna_trials(tmp_path, trials)
+    section = tables.importance_section(loading.load_study(tmp_path))
+    assert section[0].startswith("PED-ANOVA over 6 completed configurations")
+    names = {line.split("`")[1] for line in section if line.startswith("| `")}
+    assert names == {"schedule.name", "train.weight_decay"}
 
 
 def test_importance_is_not_computed_when_a_parameter_is_confounded_with_the_schedule(tmp_path, tiny_base):
@@ -625,4 +682,129 @@ def test_a_random_rankings_expected_ap_matches_every_permutation():
         for order in itertools.permutations([1] * m + [0] * (n - m)):
             ranks = [i + 1 for i, hit in enumerate(order) if hit]
             aps.append(sum((j + 1) / r for j, r in enumerate(ranks)) / m)
-        assert statistics.random_ranking_ap(n, m) == pytest.approx(sum(aps) / len(aps))
+        assert chance.random_ranking_ap(n, m) == pytest.approx(sum(aps) / len(aps))
+
+
+# ----------------------------------------------------------------------------- at chance level
+
+
+def scaled_to_chance(study, factor):
+    """The study with every trial's best and final mAP scaled so that the best schedule's mean best
+    mAP is ``factor`` × the chance level of its split."""
+    level = chance.chance_level(study)[2]
+    top = study.best_per_schedule().iloc[0]["mAP_mean"]
+    for column in ("best_val_mAP", "final_val_mAP"):
+        study.results[column] = study.results[column] * factor * level / top
+    return study
+
+
+def test_results_under_near_chance_times_the_chance_level_are_called_at_chance(tmp_path, tiny_base):
+    write_study(tmp_path, tiny_base)
+    study = loading.load_study(tmp_path)
+    assert chance.near_chance(study) is None  # rollback's 45 % is 2.6 x the split's 17.17 %
+    assert tables.best_configuration(study)[0].startswith("**incremental_rollback**: best val_mAP 45.00")
+    just_above = scaled_to_chance(loading.load_study(tmp_path), chance.NEAR_CHANCE * 1.01)
+    assert chance.near_chance(just_above) is None
+    below = scaled_to_chance(loading.load_study(tmp_path), chance.NEAR_CHANCE * 0.99)
+    warning = chance.near_chance(below)
+    assert warning.startswith("**Results at chance level: no schedule learned enough to compare.** ")
+    # 1.485 x 17.17 %: 25.50 %
+    assert (
+        "The best, `incremental_rollback`, reaches 25.50 % best val_mAP (mean over seeds), under 1.5 × "
+        in (warning)
+    )
+    assert "the 17.17 % a random ranking of this split scores" in warning
+    assert tables.best_configuration(below)[0].startswith(
+        "None: every configuration is at chance level (under 1.5 × a random ranking's val_mAP). "
+        "The highest, for the record, `incremental_rollback`: best val_mAP 25.50"
+    )
+
+
+def test_a_report_at_chance_says_so_before_the_verdict(tmp_path, tiny_base):
+    write_study(tmp_path, tiny_base)
+    study = scaled_to_chance(loading.load_study(tmp_path), 1.0)
+    atomic_write_csv(tmp_path / "results.csv", study.results.to_dict("records"))
+    cli.main([str(tmp_path)])
+    lines = (tmp_path / "report.md").read_text().splitlines()
+    warning = next(i for i, line in enumerate(lines) if line.startswith("**Results at chance level"))
+    assert warning < lines.index("## Verdict")
+    best = lines.index("## Best configuration")
+    assert lines[best + 2].startswith("None: every configuration is at chance level")
+
+
+def test_the_map_plot_draws_the_chance_level_as_a_dashed_line(tmp_path, tiny_base, monkeypatch):
+    from study.report import plots
+
+    saved = {}
+
+    def keep(fig, path, rect=(0, 0, 1, 1)):
+        saved[path.name] = fig
+        return path
+
+    monkeypatch.setattr(plots, "_save", keep)
+    write_study(tmp_path, tiny_base)
+    study = loading.load_study(tmp_path)
+    plots.write_plots(study, tmp_path / "plots")
+    (ax,) = saved["val_mAP.png"].axes
+    (line,) = [line for line in ax.get_lines() if line.get_label() == "chance"]
+    assert line.get_linestyle() == "--"
+    assert list(line.get_ydata()) == [pytest.approx(chance.chance_level(study)[2] * 100)] * 2
+    assert "chance" in [text.get_text() for text in ax.get_legend().get_texts()]
+    (loss,) = saved["loss.png"].axes
+    assert "chance" not in [line.get_label() for line in loss.get_lines()]
+
+
+# ----------------------------------------------------------------------------- a study still running
+
+
+def test_unfinished_runs_are_compared_at_the_latest_epoch_all_reached_and_named_first(tmp_path, tiny_base):
+    write_study(tmp_path, tiny_base)
+    study = loading.load_study(tmp_path)
+    assert statistics.unfinished_note(study) is None
+    (finished,) = statistics.comparisons(study)[1]
+    assert finished.epoch is None  # all ended: final against final, 0.40 - 0.30 and 0.50 - 0.15
+    assert list(finished.differences) == [pytest.approx(0.10), pytest.approx(0.35)]
+
+    results = pd.read_csv(tmp_path / "results.csv")
+    results.loc[results["trial_id"] == "ir1", "status"] = "running"  # 1 epoch of 2 done
+    atomic_write_csv(tmp_path / "results.csv", results.to_dict("records"))
+    study = loading.load_study(tmp_path)
+    (interim,) = statistics.comparisons(study)[1]
+    # every run has epoch 1: rollback 0.20, 0.50 against finetune 0.10, 0.20 (not finetune's final 0.15)
+    assert interim.epoch == 1
+    assert list(interim.differences) == [pytest.approx(0.10), pytest.approx(0.30)]
+    cli.main([str(tmp_path)])
+    lines = (tmp_path / "report.md").read_text().splitlines()
+    note = next(i for i, line in enumerate(lines) if line.startswith("**Study still running"))
+    assert note < lines.index("## Verdict")
+    assert lines[note].startswith(
+        "**Study still running: 1 of 4 trials unfinished**: ir1 (incremental_rollback, seed 1, running, "
+        "1 epochs done). A comparison that involves them reads every seed of both schedules at one epoch"
+    )
+    # differences 0.10, 0.30: mean 0.20, sd 0.1414, t(0.975, 1) = 12.706 -> 20.00 ± 127.06 points
+    assert (
+        "- **incremental_rollback** (*interim, at epoch 1*): no detectable difference: +20.00 points "
+        "(95 % CI -107.06 to +147.06; 2 seeds, better on 2)" in lines[lines.index("## Verdict") + 4]
+    )
+    against = tables.against_finetune(study)
+    assert against[0].endswith(
+        " *Interim, at epoch N*: runs unfinished; both schedules' runs read at that epoch."
+    )
+    assert against[4].startswith("| incremental_rollback (*interim, at epoch 1*) | 35.00 ± 21.21 | +20.00 |")
+
+
+def test_a_seed_whose_unfinished_run_has_no_evaluation_yet_is_left_out(tmp_path, tiny_base):
+    write_study(tmp_path, tiny_base)
+    study = loading.load_study(tmp_path)
+    study.results.loc[study.results["trial_id"] == "ir1", "status"] = "pending"
+    study.epochs = study.epochs[study.epochs["trial_id"] != "ir1"]
+    best = study.best_per_schedule()
+    rollback, finetune = (best[best["schedule"] == s].iloc[0] for s in ("incremental_rollback", "finetune"))
+    values, reference, epoch = statistics.compared_values(study, rollback, finetune)
+    # seed 0 alone, at epoch 2, the latest ir0 and ft0 both evaluated
+    assert epoch == 2 and values.to_dict() == {0: 0.40} and reference.to_dict() == {0: 0.30}
+    study.results.loc[study.results["trial_id"] == "ir0", "status"] = "pending"
+    study.epochs = study.epochs[study.epochs["trial_id"] != "ir0"]
+    assert tables.verdict(study) == [
+        "No verdict yet: no schedule's runs and the baseline's have evaluated a common epoch yet."
+    ]
