@@ -18,7 +18,7 @@ from study.provenance import PAIRING_KEYS
 # Settings that change where or how fast a run computes, not what it computes.
 NOT_NUMERICAL = ("progress", "device", "eval_batch_size")
 # Recorded per epoch but measured, not computed: they differ between identical runs.
-MEASURED = ("seconds", "images_per_second", "peak_gpu_mib")
+MEASURED = ("seconds", "images_per_second", "peak_gpu_mib", "peak_host_mib")
 
 
 def evaluation_due(step: EpochPlan, eval_every: int, total: int) -> bool:

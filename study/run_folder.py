@@ -139,5 +139,6 @@ def summary_of(history: list[dict[str, Any]], prefix: str) -> dict[str, Any]:
         "final_loss": history[-1]["loss"] if history else None,
         "train_seconds": sum(r.get("seconds", 0.0) for r in history),
         "peak_gpu_mib": max((r["peak_gpu_mib"] for r in history if r.get("peak_gpu_mib")), default=None),
+        "peak_host_mib": max((r["peak_host_mib"] for r in history if r.get("peak_host_mib")), default=None),
         **environment_of(history),
     }

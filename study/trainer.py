@@ -368,6 +368,7 @@ def train_epoch(
     record |= {"seconds": seconds, "images_per_second": seen / seconds}
     if device.type == "cuda":  # what this process holds on the GPU: the fraction a sweep trial needs
         record["peak_gpu_mib"] = torch.cuda.max_memory_reserved(device) / 2**20
+    record["peak_host_mib"] = peak_host_mib()  # and in host memory: how many trials fit at once
     return record
 
 
@@ -558,6 +559,13 @@ def block_drift(model: ReIDNet, initial: dict[str, torch.Tensor]) -> dict[str, f
 
 
 # ----------------------------------------------------------------------------- devices
+
+
+def peak_host_mib() -> float:
+    """The most host memory this process has held so far (its peak resident set), in MiB."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def set_threads(threads: int) -> None:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import shlex
 from pathlib import Path
+from typing import Any
 
 from study.config import config_from_dict, set_dotted
 from study.errors import UserError, cli
@@ -56,6 +58,7 @@ def main(argv: list[str] | None = None) -> None:
             print(describe(space))
             sharing, planned_epochs = share_prefixes(space, out)
             print("\n".join(sharing))
+            print(memory_line(space, base, out))
             from study.sweep.tuner import run_study  # imports Ray: only once check_installed passed
 
             statuses = run_study(space, out, args.address, restore, mode, planned_epochs, args.verbose)
@@ -141,6 +144,52 @@ def share_prefixes(space: SearchSpace, out: Path) -> tuple[list[str], int]:
     chains = {name: prefix_keys(config) for name, config in configs.items()}
     trained, _ = epochs_saved(chains, {n: c.built_schedule.total_epochs for n, c in configs.items()})
     return describe_sharing(configs), trained
+
+
+# What a CPU trial's worker holds besides its decoded images: Python, torch, Ray, MobileNetV2 at 64x32
+# compiled (1.2-1.3 GiB measured per trial worker of the tuned CUHK03 study); larger models hold more.
+WORKER_MIB = 1250
+
+
+def memory_line(space: SearchSpace, base: Any, out: Path) -> str:
+    """How much host memory a trial holds (measured in a resumed study, else estimated), and whether
+    the trials that run at once fit in this machine's available memory (Ray stops workers at 95 %)."""
+    import csv
+
+    from study.data import split_samples
+
+    at_once = space.tune.max_concurrent or max(1, int((os.cpu_count() or 1) // space.tune.cpu))
+    available = available_mib()
+    measured = []
+    if (out / "results.csv").exists():
+        with (out / "results.csv").open() as file:
+            measured = [float(r["peak_host_mib"]) for r in csv.DictReader(file) if r.get("peak_host_mib")]
+    if measured:
+        per_trial, how = max(measured), "its peak so far, measured"
+    else:
+        images = sum(len(part) for part in split_samples(base.data))
+        decoded = images * 3 * base.data.height * base.data.width / 2**20
+        per_trial, how = (
+            decoded + WORKER_MIB,
+            f"estimated: {decoded:.0f} MiB of decoded images + a worker",
+        )
+    line = (
+        f"memory: a trial holds about {per_trial / 1024:.1f} GiB ({how}); {at_once} at once need about "
+        f"{at_once * per_trial / 1024:.1f} of the {available / 1024:.1f} GiB available here"
+    )
+    fits = int(0.9 * available // per_trial)
+    if at_once > fits:
+        line += f"; set tune.max_concurrent to {max(fits, 1)} or free memory (Ray stops workers at 95 %)"
+    return line
+
+
+def available_mib() -> float:
+    """This machine's available memory (MemAvailable), in MiB."""
+    with open("/proc/meminfo") as file:
+        for line in file:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 1024
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES") / 2**20
 
 
 def summary_line(statuses: list[str]) -> str:

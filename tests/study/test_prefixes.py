@@ -14,7 +14,7 @@ import yaml
 
 from study import trainer
 from study.config import config_from_dict
-from study.pairing import shared_epochs
+from study.pairing import MEASURED, shared_epochs
 from study.prefixes import PrefixStore, describe_sharing, epochs_saved, forks, prefix_keys
 
 ROLLBACK = {"name": "incremental_rollback", "periods": 3, "period_epochs": 2}
@@ -29,9 +29,7 @@ def run(schedule: dict, **sections: dict):
 
 def metrics(folder) -> list[dict]:
     """The numbers of a run's epochs, without the times (measured, so never alike)."""
-    return [
-        {k: v for k, v in row.items() if k not in ("seconds", "images_per_second")} for row in rows(folder)
-    ]
+    return [{k: v for k, v in row.items() if k not in MEASURED} for row in rows(folder)]
 
 
 def rows(folder) -> list[dict]:

@@ -100,3 +100,16 @@ def test_tunes_table_shows_only_the_values_every_trial_holds():
     space = search_space.parse_search_space(GRID, "grid")
     columns = make_reporter(space)._parameter_columns
     assert columns == {"schedule.name": "schedule"}  # lr and retained_lr belong to one schedule each
+
+
+def test_the_opening_memory_line_uses_the_trials_measured_peak_and_says_what_fits(tmp_path, monkeypatch):
+    space = search_space.parse_search_space(GRID, "grid")
+    base = search_space.config_from_dict(space.base)
+    monkeypatch.setattr(sweep_cli, "available_mib", lambda: 4096.0)
+    (tmp_path / "results.csv").write_text("trial_id,peak_host_mib\na,1536\nb,2048\nc,\n")
+    assert sweep_cli.memory_line(space, base, tmp_path) == (
+        "memory: a trial holds about 2.0 GiB (its peak so far, measured); 2 at once need about 4.0 of the "
+        "4.0 GiB available here; set tune.max_concurrent to 1 or free memory (Ray stops workers at 95 %)"
+    )
+    monkeypatch.setattr(sweep_cli, "available_mib", lambda: 65536.0)
+    assert sweep_cli.memory_line(space, base, tmp_path).endswith("of the 64.0 GiB available here")

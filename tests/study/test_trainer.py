@@ -171,6 +171,9 @@ def test_metrics_record_per_group_learning_rates_and_gradient_norms(tiny_config,
     # Frozen blocks stay exactly at their pre-trained weights; trained ones move away from them.
     assert all(float(warmup[f"drift_{b}"]) == 0 for b in BLOCKS)
     assert all(float(finetune[f"drift_{b}"]) > 0 for b in BLOCKS)
+    # the process's peak host memory, never falling: torch alone holds more than 100 MiB
+    peaks = [float(row["peak_host_mib"]) for row in rows]
+    assert 100 < peaks[0] <= peaks[1]
 
 
 def test_block_drift_is_the_relative_distance_from_the_pretrained_weights(tiny_config):
