@@ -56,6 +56,7 @@ def run_study(
     (out / USER_ERROR).unlink(missing_ok=True)  # of an earlier run, fixed since
     if started:
         init_ray(address, scratch)
+    stop_on_sigterm()
     try:
         check_resources(space.tune, [node["Resources"] for node in ray.nodes() if node["Alive"]])
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the CLIReporter table instead of Ray's new output
@@ -82,6 +83,17 @@ def run_study(
             ray.shutdown()
             shutil.rmtree(scratch, ignore_errors=True)
     return mark_interrupted(out)
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM (a scheduler ending a job, ``kill``) stops the study as Ctrl-C does: Tune saves its state,
+    the trials are marked interrupted and the resume command is printed, instead of Ray's abort.
+    Set once Ray has started: ``ray.init`` installs a SIGTERM handler of its own that aborts."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda number, frame: signal.raise_signal(signal.SIGINT))
 
 
 def mark_interrupted(out: Path) -> list[str]:

@@ -309,6 +309,25 @@ def test_a_study_moved_while_interrupted_resumes_in_its_new_folder_and_leaves_th
     assert [t.state.name for t in optuna_trials(out, "killed")] == ["RUNNING"]
 
 
+@pytest.mark.slow
+def test_sigterm_stops_the_study_as_ctrl_c_does_and_it_resumes(tmp_path, tiny_base):
+    space = write_space(tmp_path / "killed.yaml", tiny_base, KILLED_STUDY)
+    out = tmp_path / "study"
+    with child_sweeps(tmp_path) as sweeps:
+        process = sweeps.start(space, out, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        while not any(s == "RUNNING" for s, _ in tune_snapshot(out).values()):  # a trial trains
+            assert process.poll() is None, "the study ended before it could be stopped"
+            time.sleep(0.05)
+        process.terminate()  # SIGTERM
+        output, _ = process.communicate(timeout=240)
+        assert process.returncode == 130, output[-3000:]
+        assert "interrupted; continue with: " in output
+        assert {r["status"] for r in read_table(out / "results.csv")} <= {"finished", "interrupted"}
+        resumed = sweeps.run(space, out, "--resume")
+        assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert [r["status"] for r in read_table(out / "results.csv")] == ["finished", "finished"]
+
+
 # Three configurations (finetune, base_cy, finetune), one seed, one trial at a time.
 PLANNED_STUDY = """
 schedule: {name: finetune, epochs: 1}
