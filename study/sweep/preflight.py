@@ -224,23 +224,28 @@ def check_ray(address: str | None, tune_settings: TuneSettings) -> None:
 
 @contextlib.contextmanager
 def study_lock(out: Path) -> Iterator[None]:
-    """Hold DIR/.lock while the study runs: a second sweep on the folder is refused with one line.
+    """Lock the study folder while the study runs: a second sweep on it is refused with one line.
 
-    The kernel releases the lock when this process ends, however it ends, so a killed sweep leaves
-    nothing stuck; the file only names the last holder.
+    The lock (flock) is on the folder itself, so deleting DIR/.lock does not lift it; the kernel
+    releases it when this process ends, however it ends, so a killed sweep leaves nothing stuck.
+    DIR/.lock only names the last holder.
     """
     out.mkdir(parents=True, exist_ok=True)
-    with (out / LOCK).open("a+") as file:
-        try:
-            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            file.seek(0)
-            holder = file.read().strip() or "?"
-            raise UserError(
-                f"{out} is in use by another python -m study.sweep (process {holder}); "
-                "wait for it to end, or choose another --out"
-            ) from None
-        file.truncate(0)
-        file.write(f"{os.getpid()}\n")
-        file.flush()
-        yield
+    folder = os.open(out, os.O_RDONLY)  # the lock is the folder's own: deleting .lock cannot lift it
+    try:
+        with (out / LOCK).open("a+") as file:
+            try:
+                fcntl.flock(folder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                file.seek(0)
+                holder = file.read().strip() or "?"
+                raise UserError(
+                    f"{out} is in use by another python -m study.sweep (process {holder}); "
+                    "wait for it to end, or choose another --out"
+                ) from None
+            file.truncate(0)
+            file.write(f"{os.getpid()}\n")
+            file.flush()
+            yield
+    finally:
+        os.close(folder)

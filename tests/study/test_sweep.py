@@ -398,6 +398,16 @@ def test_a_user_error_inside_a_trial_ends_the_sweep_with_that_one_line(
     assert error.startswith("error: the training set has ") and "fewer than train.batch_size=100000" in error
 
 
+def test_a_study_folder_in_use_stays_locked_when_its_lock_file_is_deleted(tmp_path):
+    with sweep_preflight.study_lock(tmp_path / "study"):
+        (tmp_path / "study" / ".lock").unlink()
+        second = pytest.raises(UserError, match=r"is in use by another python -m study\.sweep")
+        with second, sweep_preflight.study_lock(tmp_path / "study"):
+            pass
+    with sweep_preflight.study_lock(tmp_path / "study"):  # free again once its holder ends
+        pass
+
+
 def test_study_folder_is_refused_unless_resuming_the_same_study(tmp_path):
     space = search_space.parse_search_space(copy.deepcopy(VALID), "ok")
     with pytest.raises(UserError, match="holds no study to resume"):
