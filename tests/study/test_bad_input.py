@@ -821,3 +821,21 @@ def test_a_checkpoint_whose_weights_are_not_tensors_is_refused(tmp_path, entries
     assert message in str(error.value) and "pass a checkpoint training wrote" in str(error.value)
     torch.save({"config": {}, "model": model_state(), "ema": model_state()}, path)
     assert read_checkpoint(path)["ema"].keys() == {"head.weight"}
+
+
+def test_a_weights_file_holding_python_objects_is_refused_saying_why_not_how_to_unpickle_it(tmp_path):
+    import datetime
+
+    import torch
+
+    from study.models import ModelConfig, ensure_weights
+
+    path = tmp_path / "weights.pt"
+    torch.save({"features.0.0.weight": torch.zeros(1), "saved": datetime.datetime(2026, 1, 1)}, path)
+    with pytest.raises(UserError) as refused:
+        ensure_weights(ModelConfig(backbone="mobilenet_v2", weights=str(path)))
+    message = str(refused.value)
+    assert (
+        "holds Python objects besides tensors" in message and "torch.save(net.state_dict(), path)" in message
+    )
+    assert "weights_only" not in message and "\n" not in message
