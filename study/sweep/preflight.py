@@ -219,7 +219,26 @@ def check_ray(address: str | None, tune_settings: TuneSettings) -> None:
     if address in (None, "", "local"):  # Ray starts here, with at most this machine's CPUs and GPUs
         import torch
 
+        check_ray_tmpdir()
+
         check_resources(tune_settings, [{"CPU": os.cpu_count() or 1, "GPU": torch.cuda.device_count()}])
+
+
+# A Unix socket path holds at most 107 bytes; Ray puts its sockets at
+# TMP/ray/session_2026-12-06_21-15-50_222801_PID/sockets/plasma_store (68 bytes after TMP, 7-digit PID).
+SOCKET_PATH_MAX = 107
+RAY_SOCKET_SUFFIX = len("/ray/session_2026-12-06_21-15-50_222801_1108300/sockets/plasma_store")
+
+
+def check_ray_tmpdir() -> None:
+    """Refuse a RAY_TMPDIR so long that the sockets of a Ray started in it could not be opened."""
+    tmp = os.environ.get("RAY_TMPDIR") or "/tmp"
+    if len(tmp.encode()) + RAY_SOCKET_SUFFIX > SOCKET_PATH_MAX:
+        most = SOCKET_PATH_MAX - RAY_SOCKET_SUFFIX
+        raise UserError(
+            f"RAY_TMPDIR is {len(tmp.encode())} bytes long; Ray's socket paths inside it would pass the "
+            f"{SOCKET_PATH_MAX}-byte limit of Unix sockets: use a RAY_TMPDIR of at most {most} bytes"
+        )
 
 
 @contextlib.contextmanager

@@ -839,3 +839,11 @@ def test_a_weights_file_holding_python_objects_is_refused_saying_why_not_how_to_
         "holds Python objects besides tensors" in message and "torch.save(net.state_dict(), path)" in message
     )
     assert "weights_only" not in message and "\n" not in message
+
+
+def test_a_ray_tmpdir_too_long_for_rays_sockets_is_refused_before_ray_starts(monkeypatch):
+    monkeypatch.setenv("RAY_TMPDIR", "/tmp/" + "x" * 60)
+    with pytest.raises(UserError, match=r"RAY_TMPDIR is 65 bytes long; .* at most 39 bytes"):
+        sweep_preflight.check_ray_tmpdir()
+    monkeypatch.setenv("RAY_TMPDIR", "/tmp/ray-short")
+    sweep_preflight.check_ray_tmpdir()
