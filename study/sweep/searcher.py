@@ -184,18 +184,27 @@ class StudySearcher(Searcher):
         """Every validation of a seed; once every seed has validated an epoch, their mean is the
         configuration's intermediate value at that epoch (Optuna's dashboard draws the curves)."""
         configuration, seed = self._locate(trial_id, result)
-        if not (result.get("validated") and self.metric in result and "epoch" in result):
+        if not self._remember(configuration, seed, result):
             return
         epoch = result["epoch"]
-        seeds = self.validations.setdefault(configuration, {})
-        seeds.setdefault(seed, {})[epoch] = result[self.metric]
-        values = [by_epoch[epoch] for by_epoch in seeds.values() if epoch in by_epoch]
+        values = [
+            by_epoch[epoch] for by_epoch in self.validations[configuration].values() if epoch in by_epoch
+        ]
         if len(values) == len(self.space.seeds):
             self._report(configuration, {epoch: values})
+
+    def _remember(self, configuration: int, seed: int, result: dict) -> bool:
+        """Keep a result's validation, if it has one; whether it had."""
+        if not (result.get("validated") and self.metric in result and "epoch" in result):
+            return False
+        seeds = self.validations.setdefault(configuration, {})
+        seeds.setdefault(seed, {})[result["epoch"]] = result[self.metric]
+        return True
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         result = result or {}
         configuration, seed = self._locate(trial_id, result)
+        self._remember(configuration, seed, result)  # a trial ASHA stops skips on_trial_result for it
         failed = error or bool(result.get("diverged"))
         value = None if failed else result.get(self.metric)
         planned = result.get("epochs_planned")

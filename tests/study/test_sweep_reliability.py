@@ -592,6 +592,24 @@ def test_optuna_learns_fail_complete_or_pruned_once_every_seed_of_a_configuratio
     assert [t.user_attrs["configuration"] for t in trials] == list(range(6))
 
 
+def test_the_validation_of_a_seed_asha_stops_counts_though_tune_gives_it_only_at_completion(
+    tmp_path, tiny_base
+):
+    space = seeds_space(tiny_base, 1)
+    searcher = sweep_searcher.make_searcher(space, tmp_path)
+    for seed in range(2):  # one configuration, its two seeds
+        searcher.suggest(f"seed-{seed}")
+    searcher.on_trial_result("seed-0", {"val_mAP": 0.5, "validated": True, "epoch": 1})
+    # ASHA stops seed 1 at its first result: Tune hands that result to on_trial_complete only
+    stopped = {"val_mAP": 0.1, "validated": True, "epoch": 1, "epochs_planned": 2}
+    searcher.on_trial_complete("seed-1", result=stopped)
+    searcher.on_trial_result("seed-0", {"val_mAP": 0.25, "validated": True, "epoch": 2})
+    searcher.on_trial_complete("seed-0", result={"val_mAP": 0.25, "epoch": 2, "epochs_planned": 2})
+    (trial,) = optuna_trials(tmp_path, "seeds")
+    assert trial.state.name == "PRUNED"
+    assert trial.intermediate_values == {1: pytest.approx(0.3), 2: 0.25}
+
+
 def test_a_paired_study_runs_every_schedule_at_each_sampled_value_set(tmp_path, tiny_base):
     space = seeds_space(tiny_base, 4, schedules=["finetune", "base_cy"])
     space = dataclasses.replace(space, paired=True)
