@@ -186,14 +186,17 @@ def _read_weights_file(path: Path) -> dict[str, torch.Tensor]:
         raise UserError(f"model.weights {str(path)!r} is not a file; valid: {', '.join(WEIGHT_SOURCES)}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:  # torch's message advises weights_only=False: running the file's code
-        raise UserError(
-            f"weights file {str(path)!r} holds Python objects besides tensors, which are never unpickled "
-            "here (they could run code); save the weights as a state_dict: torch.save(net.state_dict(), path)"
-        ) from None
     except Exception as error:
-        detail = (str(error).strip().splitlines() or [""])[0]
-        raise UserError(f"cannot read weights file {str(path)!r}: {type(error).__name__}: {detail}") from None
+        if isinstance(error, pickle.UnpicklingError) and "Unsupported global" in str(error):
+            # torch's own message advises weights_only=False, which would run the file's code
+            raise UserError(
+                f"weights file {str(path)!r} holds Python objects besides tensors, which are never "
+                "unpickled here (they could run code); save the weights as a state_dict: "
+                "torch.save(net.state_dict(), path)"
+            ) from None
+        raise UserError(
+            f"cannot read weights file {str(path)!r} ({type(error).__name__}): not a file torch.save wrote"
+        ) from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
