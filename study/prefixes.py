@@ -127,13 +127,20 @@ def epochs_saved(chains: dict[str, list[str]], lengths: dict[str, int]) -> tuple
     return total - (every - distinct), total
 
 
+def epochs_to_train(configs: dict[str, RunConfig]) -> tuple[int, int]:
+    """(epochs these runs train with shared prefixes, epochs without)."""
+    chains = {name: prefix_keys(config) for name, config in configs.items()}
+    return epochs_saved(
+        chains, {name: config.built_schedule.total_epochs for name, config in configs.items()}
+    )
+
+
 def describe_sharing(configs: dict[str, RunConfig]) -> list[str]:
     """The opening lines of a study: which runs share which epochs, and the epochs that saves."""
-    chains = {name: prefix_keys(config) for name, config in configs.items()}
-    found = forks(chains)
+    found = forks({name: prefix_keys(config) for name, config in configs.items()})
     if not found:
         return ["shared prefixes: none (no two runs plan the same first epoch)"]
-    trained, total = epochs_saved(chains, {n: c.built_schedule.total_epochs for n, c in configs.items()})
+    trained, total = epochs_to_train(configs)
     saved = total - trained
     lines = [
         f"shared prefixes: {trained} epochs to train instead of {total} "

@@ -126,7 +126,7 @@ def share_prefixes(space: SearchSpace, out: Path) -> tuple[list[str], int]:
     """Which trials of a grid share which first epochs (marked in DIR/prefixes, so whichever runs
     first saves them for the others), and the epochs left to train; TPE's trials are only known as
     they start, and share what they find then (the epochs: every trial's at the base values)."""
-    from study.prefixes import PREFIXES, PrefixStore, describe_sharing, epochs_saved, prefix_keys
+    from study.prefixes import PREFIXES, PrefixStore, describe_sharing, epochs_to_train
 
     if space.tune.sampler != "grid":
         schedules = space.schedules  # configuration c compares schedule c mod k
@@ -141,9 +141,7 @@ def share_prefixes(space: SearchSpace, out: Path) -> tuple[list[str], int]:
             name = f"#{number} {schedule}" + (f" seed {seed}" if len(space.seeds) > 1 else "")
             configs[name] = space.run_config(fixed | point | {SEED_KEY: seed})
     PrefixStore(out / PREFIXES).want_forks(configs)
-    chains = {name: prefix_keys(config) for name, config in configs.items()}
-    trained, _ = epochs_saved(chains, {n: c.built_schedule.total_epochs for n, c in configs.items()})
-    return describe_sharing(configs), trained
+    return describe_sharing(configs), epochs_to_train(configs)[0]
 
 
 # What a CPU trial's worker holds besides its decoded images: Python, torch, Ray, MobileNetV2 at 64x32

@@ -15,7 +15,7 @@ from study.search_space import (
     SEED_KEY,
     SearchSpace,
 )
-from study.sweep.location import relocated
+from study.sweep.location import InStudyFolder
 
 CONFIGURATION_KEY = "__configuration__"  # in a Tune trial's config: the configuration it is a seed of
 
@@ -62,7 +62,7 @@ class SeedOutcome:
     stopped: bool = False  # stopped early (ASHA) before its planned epochs
 
 
-class StudySearcher(Searcher):
+class StudySearcher(InStudyFolder, Searcher):
     """Ray Tune searcher: the study's planned configurations, each once per seed, sampled by Optuna.
 
     Configuration c (0 .. num_samples - 1) is the Optuna trial with user attribute ``configuration``
@@ -280,10 +280,6 @@ class StudySearcher(Searcher):
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_study": None}  # the Optuna study is reopened from optuna.db
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self.out = relocated(state["out"])  # a resumed study may have moved
 
 
 def trial_params(config: dict[str, Any]) -> dict[str, Any]:

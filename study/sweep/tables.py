@@ -17,13 +17,13 @@ from study.search_space import (
     SEED_KEY,
     SearchSpace,
 )
-from study.sweep.location import relocated
+from study.sweep.location import InStudyFolder
 from study.sweep.searcher import CONFIGURATION_KEY, trial_params
 
 WRITE_EVERY_S = 10.0
 
 
-class StudyRecorder(Callback):
+class StudyRecorder(InStudyFolder, Callback):
     """Ray Tune callback that keeps every reported epoch and writes results.csv and epochs.csv.
 
     Its state is saved with Ray's experiment checkpoint, so ``--resume`` continues the same tables;
@@ -37,10 +37,6 @@ class StudyRecorder(Callback):
         self.configs: dict[str, dict[str, Any]] = {}
         self.ended: dict[str, str] = {}  # trial id -> TERMINATED or ERROR, from the hooks
         self.written = 0.0
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self.out = relocated(state["out"])  # a resumed study may have moved
 
     def get_state(self) -> dict[str, Any]:
         return {"epochs": self.epochs, "configs": self.configs, "ended": self.ended}

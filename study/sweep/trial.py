@@ -24,7 +24,7 @@ from study.search_space import (
     SearchSpace,
     TuneSettings,
 )
-from study.sweep.location import relocated
+from study.sweep.location import InStudyFolder
 from study.sweep.preflight import USER_ERROR
 from study.sweep.ray_private import quiet_checkpoint_lines
 from study.sweep.searcher import trial_params
@@ -208,7 +208,7 @@ class EpochReporter:
             checkpoint.unlink(missing_ok=True)
 
 
-class CheckpointKeptOnce(Callback):
+class CheckpointKeptOnce(InStudyFolder, Callback):
     """Ray Tune callback: when a trial ends, its run folder's checkpoints go; Tune's copy is the one kept.
 
     A running trial removes each file itself once Tune holds it (``EpochReporter``), but a trial
@@ -217,10 +217,6 @@ class CheckpointKeptOnce(Callback):
 
     def __init__(self, out: Path):
         self.out = Path(out)
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self.out = relocated(state["out"])  # a resumed study may have moved
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if trial.checkpoint is None:

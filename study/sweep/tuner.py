@@ -18,7 +18,7 @@ from study.search_space import (
     SEED_KEY,
     SearchSpace,
 )
-from study.sweep.location import relocated, set_study_folder
+from study.sweep.location import InStudyFolder, set_study_folder
 from study.sweep.preflight import EXPERIMENT, USER_ERROR, check_resources
 from study.sweep.progress import StudyProgress
 from study.sweep.ray_private import quiet_restore_hint, quiet_token_notice
@@ -186,16 +186,12 @@ def make_tuner(
     )
 
 
-class StopOnUserError(Stopper):
+class StopOnUserError(InStudyFolder, Stopper):
     """Stop every trial once one ended in a UserError (bad data, a setting no trial can run with):
     each would fail the same way, retried. The sweep then exits with that one line."""
 
     def __init__(self, out: Path):
         self.out = Path(out)
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self.out = relocated(state["out"])  # a resumed study may have moved
 
     def __call__(self, trial_id: str, result: dict) -> bool:
         return False

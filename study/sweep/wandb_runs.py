@@ -15,7 +15,7 @@ from study.search_space import (
     SCHEDULE_KEY,
     SearchSpace,
 )
-from study.sweep.location import relocated
+from study.sweep.location import InStudyFolder
 from study.sweep.searcher import CONFIGURATION_KEY, trial_params
 
 # Tune's bookkeeping, not the trial's measurements.
@@ -31,7 +31,7 @@ WANDB_SKIPPED = {
 }
 
 
-class StudyWandb(Callback):
+class StudyWandb(InStudyFolder, Callback):
     """W&B logging from the driver: one run per trial, grouped by study, tagged with its schedule.
 
     The run's config is the trial's whole run config (nested: W&B shows ``schedule.lr``,
@@ -101,10 +101,6 @@ class StudyWandb(Callback):
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "runs": {}}  # saved with Tune's snapshot: open runs are not state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self.out = relocated(state["out"])  # a resumed study may have moved
 
 
 def _is_loggable(value: Any) -> bool:
